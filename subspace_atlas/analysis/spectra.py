@@ -1,0 +1,137 @@
+"""Singular-value spectra of every 2-D weight matrix, with WeightWatcher's metrics.
+
+Per matrix, from σ (all singular values) and λ = σ² (eigenvalues of WᵀW, not normalised by N):
+alpha (power-law tail, see ``esd.fit_power_law``), alpha_weighted = alpha·log10 λmax,
+log_norm = log10 Σλ, log_spectral_norm = log10 λmax, stable_rank = Σλ / λmax,
+log_alpha_norm = log10 Σλ^alpha, effective_rank = exp(H(σ/Σσ)) (Roy & Vetterli), and a
+Marchenko–Pastur bulk fit (noise level, bulk edge, spikes above it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from subspace_atlas import linalg
+from subspace_atlas.analysis.esd import fit_marchenko_pastur, fit_power_law
+from subspace_atlas.checkpoints import TensorInfo
+
+NAME = "spectra"
+TABLES = ("matrices", "values")
+SCHEMA_VERSION = 1
+DESCRIPTION = "singular-value spectra and WeightWatcher metrics of every 2-D weight matrix"
+
+# WeightWatcher's reading of alpha (their README): below 2 over-trained, above 6 under-trained.
+ALPHA_LOW, ALPHA_HIGH = 2.0, 6.0
+
+
+@dataclass(frozen=True)
+class Params:
+    method: str = field(default="gram", metadata={
+        "choices": linalg.METHODS,
+        "help": "gram: eigenvalues of the float64 Gram matrix (default); svd: torch svdvals"})
+    svd_dtype: str = field(default="float32", metadata={
+        "choices": ("float32", "float64"), "help": "precision of --method svd"})
+    evals_thresh: float = field(default=1e-5, metadata={
+        "help": "eigenvalues at or below this are left out of the power-law fit (WeightWatcher's 1e-5)"})
+    min_evals: int = field(default=20, metadata={
+        "help": "fewer eigenvalues above the threshold than this: no power-law fit"})
+
+
+def metrics(sigma: np.ndarray, rows: int, cols: int, params: Params) -> dict[str, float | int | str]:
+    """Every per-matrix metric from the singular values (any order)."""
+    sigma = np.sort(np.asarray(sigma, dtype=np.float64))[::-1]
+    lam = sigma**2
+    lam_max, lam_sum = float(lam[0]), float(lam.sum())
+    fit = fit_power_law(lam, params.evals_thresh, params.min_evals)
+    mp = fit_marchenko_pastur(lam, rows, cols)
+    p = sigma[sigma > 0] / sigma.sum() if sigma.sum() > 0 else np.array([1.0])
+    with np.errstate(divide="ignore"):
+        log10_max = math.log10(lam_max) if lam_max > 0 else -math.inf
+        row = {
+            "n_evals": int(lam.size),
+            "sigma_max": float(sigma[0]),
+            "alpha": fit.alpha,
+            "alpha_weighted": fit.alpha * log10_max,
+            "log_norm": math.log10(lam_sum) if lam_sum > 0 else -math.inf,
+            "log_spectral_norm": log10_max,
+            "stable_rank": lam_sum / lam_max if lam_max > 0 else math.nan,
+            "log_alpha_norm": float(np.log10(np.sum(lam[lam > 0] ** fit.alpha))) if fit.n_tail else math.nan,
+            "effective_rank": float(np.exp(-np.sum(p * np.log(p)))),
+            "xmin": fit.xmin,
+            "xmax": fit.xmax,
+            "ks_distance": fit.ks_distance,
+            "n_tail": fit.n_tail,
+            "alpha_sigma": fit.alpha_sigma,
+            "mp_noise_sigma": mp.noise_sigma,
+            "mp_bulk_max": mp.bulk_max,
+            "mp_softrank": mp.softrank,
+            "num_spikes": mp.num_spikes,
+        }
+    row["alpha_warning"] = ("over-trained" if fit.alpha < ALPHA_LOW else
+                            "under-trained" if fit.alpha > ALPHA_HIGH else "")
+    return row
+
+
+def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
+            device: torch.device | None = None, batch_bytes: int = 0) -> dict[str, pd.DataFrame]:
+    """Spectra of a stream of matrices; same-shaped neighbours are decomposed together up to ``batch_bytes``.
+
+    A matrix with NaN/Inf gets a row with ``nonfinite`` > 0 and NaN metrics, and no singular values.
+    """
+    device = device or torch.device("cpu")
+    svd_dtype = getattr(torch, params.svd_dtype)
+    rows, values = [], []
+    for batch in _batches(stream, batch_bytes):
+        infos = [info for info, _ in batch]
+        mats = [t for _, t in batch]
+        bad = [int((~torch.isfinite(m)).sum()) if m.is_floating_point() else 0 for m in mats]
+        good = [k for k, b in enumerate(bad) if b == 0]
+        sigmas: dict[int, np.ndarray] = {}
+        if good:
+            stacked = (mats[good[0]].unsqueeze(0) if len(good) == 1
+                       else torch.stack([mats[k].to(device) for k in good]))
+            out = linalg.singular_values(stacked, params.method, svd_dtype, device).numpy()
+            sigmas = dict(zip(good, out))
+        for k, info in enumerate(infos):
+            m, n = info.shape
+            base = {"tensor": info.name, "rows": m, "cols": n, "dtype": info.dtype, "nonfinite": bad[k]}
+            if k in sigmas:
+                base.update(metrics(sigmas[k], m, n, params))
+                values.append(pd.DataFrame({"tensor": info.name, "index": np.arange(sigmas[k].size),
+                                            "sigma": sigmas[k]}))
+            else:
+                base["alpha_warning"] = "non-finite values"
+            rows.append(base)
+    matrices = pd.DataFrame(rows)
+    value_table = (pd.concat(values, ignore_index=True) if values
+                   else pd.DataFrame({"tensor": pd.Series(dtype=str), "index": pd.Series(dtype="int64"),
+                                      "sigma": pd.Series(dtype="float64")}))
+    return {"matrices": matrices, "values": value_table}
+
+
+def _batches(stream: Iterable[tuple[TensorInfo, torch.Tensor]],
+             batch_bytes: int) -> Iterator[list[tuple[TensorInfo, torch.Tensor]]]:
+    """Group consecutive same-shaped matrices while their fp32 size stays within ``batch_bytes``."""
+    batch: list[tuple[TensorInfo, torch.Tensor]] = []
+    for info, tensor in stream:
+        size = 4 * tensor.numel()
+        if batch and (info.shape != batch[0][0].shape or size * (len(batch) + 1) > batch_bytes):
+            yield batch
+            batch = []
+        batch.append((info, tensor))
+    if batch:
+        yield batch
+
+
+def select(infos: Iterable[TensorInfo]) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Split tensors into the 2-D floating-point matrices this analysis takes and the rest, skipped."""
+    taken, skipped = [], []
+    for info in infos:
+        (taken if info.is_matrix and info.is_float and min(info.shape) > 0 else skipped).append(info)
+    return taken, skipped

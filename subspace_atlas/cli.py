@@ -1,0 +1,119 @@
+"""``subspace-atlas``: one subcommand per registered analysis, plus ``demo`` and ``info``.
+
+Analysis flags are generated from each module's ``Params`` dataclass (name, type, default, help),
+so adding an analysis adds its subcommand. Bad input ends in one ``subspace-atlas: error: …`` line
+and exit code 2; whatever was already stored stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+
+from subspace_atlas import analysis
+from subspace_atlas.errors import AtlasError
+
+DEFAULT_STORE = os.environ.get("SUBSPACE_ATLAS_STORE", "atlas-store")
+
+
+def _add_params(parser: argparse.ArgumentParser, params_cls: type) -> None:
+    group = parser.add_argument_group("analysis parameters (part of the cache key)")
+    for f in dataclasses.fields(params_cls):
+        kind = type(f.default)
+        extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", type=kind,
+                           default=f.default, help=f"{f.metadata.get('help', '')} (default: {f.default})",
+                           **extra)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=DEFAULT_STORE,
+                        help="result store folder (default: $SUBSPACE_ATLAS_STORE or ./atlas-store)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--tensors", default="", metavar="REGEX",
+                        help="only tensors whose name matches this regular expression")
+    parser.add_argument("--batch-mb", type=int, default=None,
+                        help="MB of same-shaped matrices decomposed together (default: 1024 on GPU, 0 on CPU)")
+    parser.add_argument("--force", action="store_true", help="recompute even what the store holds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="subspace-atlas", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in analysis.MODULES:
+        module = analysis.get(name)
+        p = sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
+        p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                       help="checkpoint file or folder, or a run folder of checkpoints")
+        _add_common(p)
+        _add_params(p, module.Params)
+        p.set_defaults(handler=_run_analysis, analysis=name)
+    demo = sub.add_parser("demo", help="rebuild the committed demo store from packaged pretrained weights")
+    demo.add_argument("--store", default=None, help="where to write (default: the repository's data/demo-store)")
+    demo.add_argument("--device", default="auto")
+    demo.set_defaults(handler=_run_demo)
+    info = sub.add_parser("info", help="what a store holds: analyses, jobs, checkpoints")
+    info.add_argument("--store", default=DEFAULT_STORE)
+    info.set_defaults(handler=_run_info)
+    return parser
+
+
+def _run_analysis(args: argparse.Namespace) -> int:
+    from subspace_atlas import jobs, linalg
+    from subspace_atlas.checkpoints import open_checkpoints
+    from subspace_atlas.store import Store
+
+    module = analysis.get(args.analysis)
+    params = module.Params(**{f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(module.Params)})
+    device = linalg.resolve_device(args.device)
+    checkpoints = [c for path in args.checkpoints for c in open_checkpoints(path)]
+    planned = jobs.plan(module, checkpoints, params, args.tensors)
+    store = Store(args.store)
+    batch = None if args.batch_mb is None else args.batch_mb << 20
+    outcome = jobs.run(planned, store, device, batch, force=args.force)
+    if not outcome.computed:
+        print(f"{module.NAME}: all {len(planned)} checkpoint(s) already in {store.root}; computed nothing")
+    else:
+        print(f"{module.NAME}: computed {len(outcome.computed)} checkpoint(s), {outcome.matrices} matrices "
+              f"in {outcome.seconds:.2f} s on {device}; {len(outcome.skipped)} already stored → {store.root}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from subspace_atlas import demo
+
+    return demo.build(args.store, args.device)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from subspace_atlas.store import Store
+
+    store = Store(args.store)
+    names = store.analyses()
+    if not names:
+        print(f"{store.root}: empty store")
+        return 0
+    for name in names:
+        jobs = store.jobs(name)
+        checkpoints = sorted({j["checkpoint"] for j in jobs["inputs"]})
+        print(f"{name}: {len(jobs)} job(s) over {len(checkpoints)} checkpoint(s): {', '.join(checkpoints)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except AtlasError as err:
+        print(f"subspace-atlas: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("subspace-atlas: interrupted; finished jobs are stored, the one in flight is not", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

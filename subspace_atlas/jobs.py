@@ -1,0 +1,146 @@
+"""Plan jobs, skip what the store holds, run the rest, write each one atomically.
+
+A job is one analysis over one checkpoint with one set of params; its fingerprint hashes the
+analysis, params, the checkpoint's content identity, the tensor selection and the schema version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from types import ModuleType
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import subspace_atlas
+from subspace_atlas.checkpoints import Checkpoint, TensorInfo
+from subspace_atlas.errors import AtlasError
+from subspace_atlas.naming import classify
+from subspace_atlas.store import Store, fingerprint
+
+
+@dataclass
+class Job:
+    module: ModuleType
+    checkpoint: Checkpoint
+    params: object
+    tensors: str  # regex selecting tensor names; "" = all
+    identity: str  # the checkpoint's content identity
+    fingerprint: str
+
+
+@dataclass
+class Outcome:
+    computed: list[Job]
+    skipped: list[Job]
+    matrices: int
+    seconds: float
+
+
+def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "") -> list[Job]:
+    """One job per checkpoint, fingerprinted (reads file headers and a few sampled bytes only)."""
+    jobs = []
+    for ckpt in checkpoints:
+        identity = ckpt.identity()
+        inputs = {"checkpoint": identity, "tensors": tensors}
+        jobs.append(Job(module, ckpt, params, tensors, identity,
+                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION)))
+    return jobs
+
+
+def matrices_of(job: Job) -> list[TensorInfo]:
+    """The matrices a job decomposes, grouped by shape so same-shaped ones can be batched."""
+    infos = job.checkpoint.tensors()
+    if job.tensors:
+        pattern = re.compile(job.tensors)
+        infos = [i for i in infos if pattern.search(i.name)]
+        if not infos:
+            raise AtlasError(f"{job.checkpoint.path}: no tensor matches --tensors {job.tensors!r}")
+    taken, skipped = job.module.select(infos)
+    if not taken:
+        if job.tensors and skipped:
+            bad = skipped[0]
+            raise AtlasError(f"{job.checkpoint.path}: tensor {bad.name!r} is {len(bad.shape)}-D {bad.dtype} "
+                             f"(shape {list(bad.shape)}); {job.module.NAME} needs 2-D floating-point matrices")
+        raise AtlasError(f"{job.checkpoint.path}: no 2-D floating-point weight matrices "
+                         f"({len(skipped)} tensors, none of them a matrix)")
+    order = {shape: k for k, shape in enumerate(dict.fromkeys(i.shape for i in taken))}
+    return sorted(taken, key=lambda i: order[i.shape])
+
+
+def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: int | None = None,
+        force: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Outcome:
+    """Run every job not already stored (all of them with ``force``), writing each as it finishes."""
+    todo = [j for j in jobs if force or not store.has(j.module.NAME, j.fingerprint)]
+    skipped = [j for j in jobs if j not in todo]
+    if batch_bytes is None:  # batching pays on a GPU; on a CPU it only costs memory
+        batch_bytes = 1 << 30 if device.type == "cuda" else 0
+    start, count = time.perf_counter(), 0
+    plans = [(job, matrices_of(job)) for job in todo]  # validate every input before any work
+    total = sum(len(m) for _, m in plans)
+    with tqdm(total=total, unit="matrix", disable=None, file=sys.stderr, leave=False) as bar:
+        for k, (job, mats) in enumerate(plans, 1):
+            bar.set_description(job.checkpoint.name)
+            t0 = time.perf_counter()
+            stream = _counted(zip(mats, (t for _, t in job.checkpoint.stream([m.name for m in mats]))), bar)
+            tables = job.module.compute(stream, job.params, device, batch_bytes)
+            tables = {name: _label(frame, job.checkpoint) for name, frame in tables.items()}
+            wall = time.perf_counter() - t0
+            store.write(job.module.NAME, job.fingerprint, tables, _provenance(job, device, wall, len(mats)))
+            count += len(mats)
+            log(f"[{k}/{len(plans)}] {job.checkpoint.name}: {len(mats)} matrices in {wall:.2f} s")
+    return Outcome(todo, skipped, count, time.perf_counter() - start)
+
+
+def _counted(stream, bar):
+    for item in stream:
+        yield item
+        bar.update(1)
+
+
+def _label(frame: pd.DataFrame, ckpt: Checkpoint) -> pd.DataFrame:
+    """Prefix a result table with the checkpoint's columns and, where it has ``tensor``, layer and kind."""
+    front = {
+        "checkpoint": ckpt.name,
+        "checkpoint_path": str(ckpt.path),
+        "run": ckpt.run,
+        "step": pd.array([ckpt.step] * len(frame), dtype="Int64"),
+    }
+    out = pd.DataFrame(front, index=frame.index)
+    if "tensor" in frame:
+        layer_kind = [classify(name) for name in frame["tensor"]]
+        out["tensor"] = frame["tensor"]
+        out["layer"] = pd.array([lk[0] for lk in layer_kind], dtype="Int64")
+        out["kind"] = [lk[1] for lk in layer_kind]
+    return pd.concat([out, frame.drop(columns=[c for c in out.columns if c in frame])], axis=1)
+
+
+def _provenance(job: Job, device: torch.device, wall: float, matrices: int) -> dict:
+    import numpy
+    import safetensors
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "params": dataclasses.asdict(job.params),
+        "inputs": {"checkpoint": job.checkpoint.name, "path": str(job.checkpoint.path),
+                   "identity": job.identity, "step": job.checkpoint.step,
+                   "run": job.checkpoint.run, "tensors": job.tensors},
+        "versions": {"subspace_atlas": subspace_atlas.__version__, "torch": torch.__version__,
+                     "numpy": numpy.__version__, "pandas": pd.__version__,
+                     "safetensors": safetensors.__version__, "python": platform.python_version()},
+        "device": str(device),
+        "device_name": device_name,
+        "threads": torch.get_num_threads(),
+        "matrices": matrices,
+        "wall_s": round(wall, 4),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "schema_version": job.module.SCHEMA_VERSION,
+    }

@@ -1,0 +1,57 @@
+"""Map raw tensor names of common architectures to a ``(layer, kind)`` pair.
+
+Kinds: q k v qkv o up gate down fc_in fc_out embed pos_embed unembed other. ``qkv`` is a fused
+query-key-value matrix (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``). Unknown names map to
+``(None, "other")`` rather than failing, so any checkpoint can be analysed.
+"""
+
+from __future__ import annotations
+
+import re
+
+KINDS = ("q", "k", "v", "qkv", "o", "up", "gate", "down", "fc_in", "fc_out",
+         "embed", "pos_embed", "unembed", "other")
+
+# The block index: Llama/Qwen/BERT/NeoX `layers.3` / `layer.3`, GPT-2 `h.3`, TransformerLens/T5 `blocks.3`/`block.3`.
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
+# Ordered: the first pattern that matches the name (searched anywhere) decides the kind.
+_KIND_PATTERNS: tuple[tuple[str, str], ...] = (
+    # Llama / Mistral / Qwen
+    (r"self_attn\.q_proj\.", "q"), (r"self_attn\.k_proj\.", "k"), (r"self_attn\.v_proj\.", "v"),
+    (r"self_attn\.o_proj\.", "o"),
+    (r"mlp\.gate_proj\.", "gate"), (r"mlp\.up_proj\.", "up"), (r"mlp\.down_proj\.", "down"),
+    (r"embed_tokens\.", "embed"), (r"(?:^|\.)lm_head\.", "unembed"),
+    # GPT-2 (Conv1D weights are stored transposed; spectra do not care)
+    (r"attn\.c_attn\.", "qkv"), (r"attn\.c_proj\.", "o"), (r"mlp\.c_fc\.", "fc_in"),
+    (r"mlp\.c_proj\.", "fc_out"), (r"(?:^|\.)wte\.", "embed"), (r"(?:^|\.)wpe\.", "pos_embed"),
+    # GPT-NeoX
+    (r"attention\.query_key_value\.", "qkv"), (r"attention\.dense\.", "o"),
+    (r"mlp\.dense_h_to_4h\.", "fc_in"), (r"mlp\.dense_4h_to_h\.", "fc_out"),
+    (r"(?:^|\.)embed_in\.", "embed"), (r"(?:^|\.)embed_out\.", "unembed"),
+    # BERT
+    (r"attention\.self\.query\.", "q"), (r"attention\.self\.key\.", "k"),
+    (r"attention\.self\.value\.", "v"), (r"attention\.output\.dense\.", "o"),
+    (r"intermediate\.dense\.", "fc_in"), (r"(?:^|\.)output\.dense\.", "fc_out"),
+    (r"word_embeddings\.", "embed"), (r"position_embeddings\.", "pos_embed"),
+    # TransformerLens (2-D parameters)
+    (r"mlp\.W_in$", "fc_in"), (r"mlp\.W_out$", "fc_out"), (r"(?:^|\.)W_E$", "embed"),
+    (r"(?:^|\.)W_pos$", "pos_embed"), (r"(?:^|\.)W_U$", "unembed"),
+    # T5
+    (r"SelfAttention\.q\.", "q"), (r"SelfAttention\.k\.", "k"), (r"SelfAttention\.v\.", "v"),
+    (r"SelfAttention\.o\.", "o"), (r"DenseReluDense\.wi(?:_0)?\.", "fc_in"),
+    (r"DenseReluDense\.wi_1\.", "up"), (r"DenseReluDense\.wo\.", "fc_out"),
+    (r"(?:^|\.)shared\.", "embed"),
+)
+_COMPILED = tuple((re.compile(p), kind) for p, kind in _KIND_PATTERNS)
+
+
+def classify(name: str) -> tuple[int | None, str]:
+    """Return ``(layer, kind)`` for a raw tensor name; ``(None, "other")`` when unknown."""
+    match = _LAYER.search(name)
+    layer = int(match.group(1)) if match else None
+    probe = name if name.endswith(".") else name + "."
+    for pattern, kind in _COMPILED:
+        if pattern.search(probe) or pattern.search(name):
+            return layer, kind
+    return layer, "other"
