@@ -1,0 +1,60 @@
+"""What every page shares: which store to read, read-only mode, cached table reads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from subspace_atlas.store import Store
+
+DEMO_STORE = Path(__file__).resolve().parent.parent / "data" / "demo-store"
+
+
+def read_only() -> bool:
+    """Hosted mode (``SUBSPACE_ATLAS_READONLY=1``): nothing launches work or reads outside the store."""
+    return os.environ.get("SUBSPACE_ATLAS_READONLY", "").lower() in ("1", "true", "yes")
+
+
+def configured_store() -> Path:
+    """``streamlit run app/main.py -- --store DIR``, else ``$SUBSPACE_ATLAS_STORE``, else the demo store."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--store")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return Path(args.store or os.environ.get("SUBSPACE_ATLAS_STORE") or DEMO_STORE)
+
+
+def current_store() -> Store:
+    """The store this session reads; outside read-only mode the sidebar can point elsewhere."""
+    root = st.session_state.get("store_root") or str(configured_store())
+    return Store(root)
+
+
+@st.cache_data(show_spinner=False)
+def _read(root: str, analysis: str, table: str, version: tuple) -> pd.DataFrame:
+    return Store(root).table(analysis, table)
+
+
+@st.cache_data(show_spinner=False)
+def _jobs(root: str, version: tuple) -> pd.DataFrame:
+    return Store(root).jobs()
+
+
+def table(store: Store, analysis: str, name: str) -> pd.DataFrame | None:
+    """A stored table, cached until a job is added to the store; None when there is none."""
+    if not store.parts(analysis, name):
+        return None
+    return _read(str(store.root), analysis, name, store.version())
+
+
+def jobs(store: Store) -> pd.DataFrame:
+    """Stored jobs with their inputs flattened into columns."""
+    frame = _jobs(str(store.root), store.version())
+    if frame.empty:
+        return frame
+    inputs = pd.json_normalize(frame["inputs"].tolist())
+    return pd.concat([frame.drop(columns=["inputs"]), inputs], axis=1)

@@ -1,0 +1,57 @@
+"""Spectra: WeightWatcher-style metrics per matrix, the eigenvalue density of one matrix, and trends."""
+
+import streamlit as st
+
+import charts
+from common import current_store, table
+
+store = current_store()
+st.title("Singular-value spectra")
+matrices = table(store, "spectra", "matrices")
+if matrices is None:
+    st.info(f"No spectra in `{store.root}`. Compute them with `subspace-atlas spectra CKPT --store {store.root}`.")
+    st.stop()
+
+checkpoints = sorted(matrices["checkpoint"].unique())
+left, mid, right = st.columns([3, 2, 2])
+chosen = left.multiselect("Checkpoints", checkpoints, default=checkpoints[:6], key="spectra_checkpoints")
+kinds = sorted(matrices["kind"].unique())
+chosen_kinds = mid.multiselect("Kinds", kinds, default=kinds, key="spectra_kinds")
+metric = right.selectbox("Metric", list(charts.SPECTRA_METRICS), key="spectra_metric",
+                         help="\n\n".join(f"**{k}**: {v[1]}" for k, v in charts.SPECTRA_METRICS.items()))
+layers = matrices["layer"].dropna()
+view = matrices[matrices["checkpoint"].isin(chosen) & matrices["kind"].isin(chosen_kinds)]
+if len(layers) and layers.min() < layers.max():
+    lo, hi = st.slider("Layers", int(layers.min()), int(layers.max()), (int(layers.min()), int(layers.max())),
+                       key="spectra_layers")
+    view = view[view["layer"].isna() | view["layer"].between(lo, hi)]
+st.caption(charts.SPECTRA_METRICS[metric][1])
+if view.empty:
+    st.warning("No matrices match these filters.")
+    st.stop()
+
+heat, lines, steps, density, raw = st.tabs(["Layer × kind", "Across layers", "Over training",
+                                            "Eigenvalue density", "Table"])
+with heat:
+    one = st.selectbox("Checkpoint", sorted(view["checkpoint"].unique()), key="spectra_heat_checkpoint")
+    st.plotly_chart(charts.layer_kind_heatmap(view[view["checkpoint"] == one], metric), key="heatmap")
+with lines:
+    st.plotly_chart(charts.metric_by_layer(view, metric), key="by_layer")
+with steps:
+    st.plotly_chart(charts.metric_over_steps(view, metric), key="over_steps")
+with density:
+    c1, c2 = st.columns(2)
+    ckpt = c1.selectbox("Checkpoint", sorted(view["checkpoint"].unique()), key="spectra_esd_checkpoint")
+    names = view.loc[view["checkpoint"] == ckpt, "tensor"].tolist()
+    tensor = c2.selectbox("Matrix", names, key="spectra_esd_tensor")
+    row = view[(view["checkpoint"] == ckpt) & (view["tensor"] == tensor)].iloc[0]
+    values = table(store, "spectra", "values")
+    sigma = values.loc[(values["checkpoint"] == ckpt) & (values["tensor"] == tensor), "sigma"].to_numpy()
+    st.plotly_chart(charts.esd_with_fit(sigma, row), key="esd")
+    compare = values[values["tensor"] == tensor]
+    compare = compare[compare["checkpoint"].isin(chosen)]
+    st.plotly_chart(charts.singular_value_curves(compare), key="sv_curves")
+with raw:
+    st.dataframe(view, hide_index=True)
+    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="spectra.csv",
+                       mime="text/csv", key="spectra_csv")
