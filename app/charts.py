@@ -75,6 +75,7 @@ def esd_with_fit(sigma: np.ndarray, fit: pd.Series, bins: int = 60) -> go.Figure
     if lam.size < 2:
         return _empty("too few non-zero eigenvalues to draw a density")
     edges = np.logspace(np.log10(lam.min()), np.log10(lam.max()), bins + 1)
+    edges[0], edges[-1] = lam.min(), lam.max()  # logspace rounding must not drop the extremes
     counts, edges = np.histogram(lam, bins=edges)
     density = counts / (lam.size * np.diff(edges))
     centers = np.sqrt(edges[:-1] * edges[1:])

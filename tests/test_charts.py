@@ -1,0 +1,76 @@
+"""Chart functions are pure: their traces carry exactly the numbers computed here independently."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import charts
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def matrices() -> pd.DataFrame:
+    rows = []
+    for ckpt, shift in (("a", 0.0), ("b", 1.0)):
+        for layer in range(3):
+            for kind in ("q", "fc_in"):
+                rows.append({"checkpoint": ckpt, "run": "r", "step": 100 * (1 + int(shift)), "layer": layer,
+                             "kind": kind, "tensor": f"l{layer}.{kind}", "alpha": 2 + layer + shift})
+    rows.append({"checkpoint": "a", "run": "r", "step": 100, "layer": None, "kind": "embed",
+                 "tensor": "embed", "alpha": 9.0})
+    frame = pd.DataFrame(rows)
+    frame["layer"] = frame["layer"].astype("Int64")
+    return frame
+
+
+def test_heatmap_cells_are_layer_kind_means(matrices):
+    fig = charts.layer_kind_heatmap(matrices, "alpha")
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert list(fig.data[0].y) == ["fc_in", "q"]
+    expected = [[np.mean([2 + layer, 3 + layer]) for layer in range(3)]] * 2
+    np.testing.assert_allclose(z, expected)
+
+
+def test_lines_per_checkpoint_and_kind_skip_unlayered(matrices):
+    fig = charts.metric_by_layer(matrices, "alpha")
+    assert len(fig.data) == 4  # 2 checkpoints × 2 kinds; the layer-less embedding is left out
+    for trace in fig.data:
+        assert list(trace.x) == [0, 1, 2]
+
+
+def test_over_steps_means_per_kind(matrices):
+    fig = charts.metric_over_steps(matrices, "alpha")
+    q = next(t for t in fig.data if t.name.startswith("q"))
+    np.testing.assert_allclose(q.y, [3.0, 4.0])  # mean over layers 0..2 of 2+l, then 3+l
+    assert list(q.x) == [100, 200]
+
+
+def test_esd_fit_line_has_slope_minus_alpha_and_marks_xmin():
+    rng = np.random.default_rng(0)
+    sigma = np.sqrt(rng.pareto(2.0, 500) + 1)
+    fit = pd.Series({"alpha": 3.0, "xmin": 1.5, "n_tail": 200, "mp_bulk_max": 1.2, "tensor": "w"})
+    fig = charts.esd_with_fit(sigma, fit)
+    line = fig.data[1]
+    slope = np.diff(np.log(line.y)) / np.diff(np.log(line.x))
+    np.testing.assert_allclose(slope, -3.0)
+    assert line.x[0] == pytest.approx(1.5)
+    xs = sorted(shape.x0 for shape in fig.layout.shapes)
+    assert xs == pytest.approx([1.2, 1.5])
+    # The histogram is a density: it integrates to 1 over the log bins.
+    lam = sigma**2
+    edges = np.exp(np.linspace(np.log(lam.min()), np.log(lam.max()), 61))
+    counts = np.array([np.sum((lam >= lo) & ((lam < hi) if k < 59 else (lam <= hi)))
+                       for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))])
+    assert counts.sum() == lam.size
+    np.testing.assert_allclose(fig.data[0].y, (counts / (lam.size * np.diff(edges)))[counts > 0], rtol=1e-6)
+
+
+def test_empty_inputs_give_a_message_not_an_error():
+    frame = pd.DataFrame({"checkpoint": [], "layer": [], "kind": [], "alpha": [], "step": [], "run": [],
+                          "tensor": []})
+    for fig in (charts.layer_kind_heatmap(frame, "alpha"), charts.metric_by_layer(frame, "alpha"),
+                charts.metric_over_steps(frame, "alpha"), charts.esd_with_fit(np.array([1.0]), pd.Series())):
+        assert fig.layout.annotations and not fig.data
