@@ -275,8 +275,11 @@ def _children(folder: Path) -> list[Path]:
     return sorted(kids, key=lambda p: (_step_of(p), p.name))
 
 
-def open_checkpoints(path: str | Path) -> list[Checkpoint]:
-    """Expand a path into checkpoints: a file or folder is one; a run folder is its children in step order."""
+def open_checkpoints(path: str | Path, name: str | None = None) -> list[Checkpoint]:
+    """Expand a path into checkpoints: a file or folder is one; a run folder is its children in step order.
+
+    ``name`` replaces the checkpoint's display name (the file stem or folder name), or a run's name.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise AtlasError(f"{path}: no such file or folder")
@@ -284,7 +287,7 @@ def open_checkpoints(path: str | Path) -> list[Checkpoint]:
     if path.is_file():
         if path.suffix not in SAFETENSORS + PICKLES:
             raise AtlasError(f"{path}: unknown checkpoint format (expected {', '.join(SAFETENSORS + PICKLES)})")
-        return [Checkpoint(name=path.stem, path=path, files=(path,), step=_step_of(path))]
+        return [Checkpoint(name=name or path.stem, path=path, files=(path,), step=_step_of(path))]
     own = _weight_files(path)
     children = _children(path)
     if not own and not children:
@@ -292,7 +295,7 @@ def open_checkpoints(path: str | Path) -> list[Checkpoint]:
             f"{path}: no checkpoint found (looked for *.safetensors, shard indexes, pytorch_model.bin, "
             f"*.pt/*.pth, and checkpoint-N / stepN subfolders)"
         )
-    run = path.name if children else None
+    run = (name or path.name) if children else None
     found = [
         Checkpoint(
             name=f"{run}/{child.stem if child.is_file() else child.name}",
@@ -304,6 +307,6 @@ def open_checkpoints(path: str | Path) -> list[Checkpoint]:
         for child in children
     ]
     if own:
-        found.append(Checkpoint(name=f"{run}/final" if run else path.name, path=path, files=own,
+        found.append(Checkpoint(name=f"{run}/final" if run else (name or path.name), path=path, files=own,
                                 step=_step_of(path), run=run))
     return found

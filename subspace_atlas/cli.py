@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from subspace_atlas import analysis
 from subspace_atlas.errors import AtlasError
@@ -69,7 +70,7 @@ def _run_analysis(args: argparse.Namespace) -> int:
     module = analysis.get(args.analysis)
     params = module.Params(**{f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(module.Params)})
     device = linalg.resolve_device(args.device)
-    checkpoints = [c for path in args.checkpoints for c in open_checkpoints(path)]
+    checkpoints = [c for arg in args.checkpoints for c in open_checkpoints(*_named(arg))]
     planned = jobs.plan(module, checkpoints, params, args.tensors)
     store = Store(args.store)
     batch = None if args.batch_mb is None else args.batch_mb << 20
@@ -80,6 +81,14 @@ def _run_analysis(args: argparse.Namespace) -> int:
         print(f"{module.NAME}: computed {len(outcome.computed)} checkpoint(s), {outcome.matrices} matrices "
               f"in {outcome.seconds:.2f} s on {device}; {len(outcome.skipped)} already stored → {store.root}")
     return 0
+
+
+def _named(arg: str) -> tuple[str, str | None]:
+    """``NAME=PATH`` names a checkpoint; a plain path (even one containing '=') keeps its own name."""
+    name, sep, path = arg.partition("=")
+    if sep and name and path and not Path(arg).exists():
+        return path, name
+    return arg, None
 
 
 def _run_demo(args: argparse.Namespace) -> int:

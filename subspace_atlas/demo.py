@@ -6,7 +6,6 @@ Later analyses add their runs here, so one command rebuilds everything the demo 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def minilm_path() -> Path:
 def build(store: str | None = None, device: str = "auto") -> int:
     """Compute every demo result that is not already stored."""
     target = Store(store or DEMO_STORE)
-    base = [dataclasses.replace(c, name=MINILM_NAME) for c in open_checkpoints(minilm_path())]
+    base = open_checkpoints(minilm_path(), name=MINILM_NAME)
     spectra = analysis.get("spectra")
     planned = jobs.plan(spectra, base, spectra.Params())
     outcome = jobs.run(planned, target, linalg.resolve_device(device))

@@ -50,7 +50,8 @@ def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, 
     jobs = []
     for ckpt in checkpoints:
         identity = ckpt.identity()
-        inputs = {"checkpoint": identity, "tensors": tensors}
+        # The labels written into every row count too; the path does not (moving a folder keeps its cache).
+        inputs = {"checkpoint": identity, "tensors": tensors, "name": ckpt.name, "step": ckpt.step, "run": ckpt.run}
         jobs.append(Job(module, ckpt, params, tensors, identity,
                         fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION)))
     return jobs
