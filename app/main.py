@@ -15,9 +15,9 @@ if not read_only():
                           help="A Subspace Atlas result store (e.g. what `subspace-atlas spectra --store DIR` wrote).")
 
 pages = [
-    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-    st.Page("pages/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
+    st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("views/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
 ]
 if not read_only():
-    pages.append(st.Page("pages/compute.py", title="Compute", icon=":material/play_arrow:"))
+    pages.append(st.Page("views/compute.py", title="Compute", icon=":material/play_arrow:"))
 st.navigation(pages).run()

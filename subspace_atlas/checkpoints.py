@@ -177,6 +177,8 @@ class Checkpoint:
         """A path-independent content fingerprint: sizes, headers and sampled bytes of every weight file."""
         digest = hashlib.sha256()
         for file in sorted(self.files, key=lambda p: p.name):
+            if not file.is_file():
+                raise AtlasError(f"{file}: listed by {self.path} but missing")
             digest.update(file.name.encode())
             digest.update(_sample_hash(file))
         return digest.hexdigest()[:24]
@@ -288,8 +290,8 @@ def open_checkpoints(path: str | Path, name: str | None = None) -> list[Checkpoi
         if path.suffix not in SAFETENSORS + PICKLES:
             raise AtlasError(f"{path}: unknown checkpoint format (expected {', '.join(SAFETENSORS + PICKLES)})")
         return [Checkpoint(name=name or path.stem, path=path, files=(path,), step=_step_of(path))]
-    own = _weight_files(path)
     children = _children(path)
+    own = tuple(f for f in _weight_files(path) if f not in children)  # step-named files are children
     if not own and not children:
         raise AtlasError(
             f"{path}: no checkpoint found (looked for *.safetensors, shard indexes, pytorch_model.bin, "

@@ -124,11 +124,20 @@ def _label(frame: pd.DataFrame, ckpt: Checkpoint) -> pd.DataFrame:
     return pd.concat([out, frame.drop(columns=[c for c in out.columns if c in frame])], axis=1)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0]} ({len(names)} threads)" if names else platform.processor() or "cpu"
+
+
 def _provenance(job: Job, device: torch.device, wall: float, matrices: int) -> dict:
     import numpy
     import safetensors
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "params": dataclasses.asdict(job.params),
         "inputs": {"checkpoint": job.checkpoint.name, "path": str(job.checkpoint.path),

@@ -71,7 +71,7 @@ def test_overview_opens_on_the_demo_store(monkeypatch):
 
 def test_spectra_page_on_demo(monkeypatch):
     at = _app(monkeypatch, None).run()
-    at.switch_page("pages/spectra.py").run()
+    at.switch_page("views/spectra.py").run()
     assert not at.exception
     assert len(_charts(at)) == 5
     table = at.dataframe[0].value
@@ -80,7 +80,7 @@ def test_spectra_page_on_demo(monkeypatch):
 
 def test_spectra_filters_change_the_view(monkeypatch, run_store):
     at = _app(monkeypatch, run_store).run()
-    at.switch_page("pages/spectra.py").run()
+    at.switch_page("views/spectra.py").run()
     assert not at.exception
     full = at.dataframe[0].value
     assert set(full["checkpoint"]) == {"run/checkpoint-10", "run/checkpoint-20"}
@@ -96,7 +96,7 @@ def test_spectra_filters_change_the_view(monkeypatch, run_store):
 def test_empty_store_explains_itself(monkeypatch, tmp_path):
     at = _app(monkeypatch, tmp_path / "nothing").run()
     assert not at.exception and "empty" in at.info[0].value
-    at.switch_page("pages/spectra.py").run()
+    at.switch_page("views/spectra.py").run()
     assert not at.exception and "No spectra" in at.info[0].value
 
 
@@ -105,7 +105,7 @@ def test_read_only_hides_work_and_paths(monkeypatch):
     assert not at.exception
     assert len(at.sidebar.text_input) == 0
     with pytest.raises(ValueError, match="Could not find a navigation page"):
-        at.switch_page("pages/compute.py")
+        at.switch_page("views/compute.py")
 
 
 def test_compute_page_launches_the_cli(monkeypatch, tmp_path):
@@ -113,7 +113,7 @@ def test_compute_page_launches_the_cli(monkeypatch, tmp_path):
     save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(48, 24)}, str(ckpt))
     store = tmp_path / "store"
     at = _app(monkeypatch, store).run()
-    at.switch_page("pages/compute.py").run()
+    at.switch_page("views/compute.py").run()
     assert not at.exception
     at.text_area(key="compute_paths").set_value(str(ckpt)).run()
     at.button(key="compute_go").click().run(timeout=120)

@@ -1,0 +1,212 @@
+"""linalg.singular_values and resolve_device against NumPy's LAPACK SVD and planted ground truths.
+
+Tolerances. ``gram`` takes eigenvalues of WᵀW accumulated in float64: an eigenvalue of the Gram
+matrix is accurate to ≈ ε64·σmax² ≈ 2e-16·σmax² in absolute terms, so σ = √λ is accurate to
+≈ √(ε64)·σmax ≈ 1.5e-8·σmax at worst (the worst case is a σ near zero; large σ are far better).
+1e-6·σmax leaves a 60× margin over that bound yet is tight enough to catch a float32 Gram matrix
+(√ε32 ≈ 3e-4·σmax), a missing block, a wrong side, a wrong order or a batch mix-up.
+``svd`` run in float64 is backward stable (error ≈ ε64·σmax), so the same 1e-6·σmax applies.
+``svd`` run in float32 (its default) is only as good as an fp32 LAPACK SVD, whose error bound is
+p(m, n)·ε32·σmax with ε32 ≈ 1.2e-7 and p a low-degree polynomial of the size; measured up to
+2.7e-6·σmax on a 40×300 Gaussian. Those cases use 2e-5·σmax (≈ 170 ε32) and say so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from subspace_atlas import linalg
+from subspace_atlas.errors import AtlasError
+
+pytestmark = pytest.mark.unit
+
+TOL = 1e-6        # × σmax, float64 paths (see module docstring)
+TOL_FP32 = 2e-5   # × σmax, svd in float32 (see module docstring)
+
+SHAPES = [(300, 40), (40, 300), (64, 64)]
+
+
+def reference(a: np.ndarray) -> np.ndarray:
+    """NumPy/LAPACK singular values in float64, descending; batched over leading axes."""
+    return np.linalg.svd(np.asarray(a, dtype=np.float64), compute_uv=False)
+
+
+def assert_close(got: torch.Tensor, want: np.ndarray, tol: float) -> None:
+    assert isinstance(got, torch.Tensor)
+    assert got.dtype == torch.float64 and got.device.type == "cpu"
+    got_np = got.numpy()
+    assert got_np.shape == want.shape
+    scale = want.max(axis=-1, keepdims=True)                 # σmax per matrix
+    err = np.abs(got_np - want) / scale
+    assert err.max() <= tol, f"max error {err.max():.3g}·σmax > {tol:g}·σmax"
+
+
+def random_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))   # Haar-distributed
+
+
+def planted(rng: np.random.Generator, sigma: np.ndarray, m: int, n: int) -> np.ndarray:
+    """W = U diag(σ) Vᵀ with random orthogonal U (m×m), V (n×n); len(σ) = min(m, n)."""
+    k = min(m, n)
+    u = random_orthogonal(rng, m)[:, :k]
+    v = random_orthogonal(rng, n)[:, :k]
+    return (u * sigma) @ v.T
+
+
+# --------------------------------------------------------------------------- Gaussian matrices
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("method,dtype", [("gram", torch.float32), ("svd", torch.float64)])
+def test_single_matrix_matches_numpy(shape, method, dtype):
+    a = np.random.default_rng(1).standard_normal(shape)
+    got = linalg.singular_values(torch.from_numpy(a), method, dtype)
+    assert got.shape == (min(shape),)
+    assert_close(got, reference(a), TOL)
+    assert np.all(np.diff(got.numpy()) <= 0), "not descending"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("method,dtype", [("gram", torch.float32), ("svd", torch.float64)])
+def test_batch_matches_numpy_per_matrix(shape, method, dtype):
+    rng = np.random.default_rng(2)
+    # different scales per matrix: a batch mix-up or a shared normalisation would show
+    a = rng.standard_normal((4, *shape)) * np.array([1.0, 10.0, 0.1, 3.0])[:, None, None]
+    got = linalg.singular_values(torch.from_numpy(a), method, dtype)
+    assert got.shape == (4, min(shape))
+    assert_close(got, reference(a), TOL)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_svd_float32_default_matches_numpy_to_fp32_accuracy(shape):
+    a = np.random.default_rng(3).standard_normal((2, *shape))
+    got = linalg.singular_values(torch.from_numpy(a), "svd")   # default dtype float32
+    assert_close(got, reference(a), TOL_FP32)
+
+
+def test_gram_block_accumulation_over_many_row_blocks(monkeypatch):
+    """Force blocks of a few rows: the Gram matrix must still be the sum over all of them."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((3, 301, 37))              # 301 rows: the last block is short
+    cols, count = 37, 3
+    monkeypatch.setattr(linalg, "_BLOCK_BYTES", 8 * cols * count * 7)   # 7 rows per block
+    got = linalg.singular_values(torch.from_numpy(a), "gram")
+    assert_close(got, reference(a), TOL)
+    wide = np.swapaxes(a, -1, -2).copy()               # 37 × 301: transposed inside, same σ
+    assert_close(linalg.singular_values(torch.from_numpy(wide), "gram"), reference(a), TOL)
+
+
+# --------------------------------------------------------------------------- low-precision inputs
+
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("method,dtype,tol", [("gram", torch.float32, TOL),
+                                              ("svd", torch.float64, TOL),
+                                              ("svd", torch.float32, TOL_FP32)])
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
+def test_low_precision_inputs_match_numpy_on_upcast_values(in_dtype, method, dtype, tol, batched):
+    rng = np.random.default_rng(5)
+    shape = (3, 120, 50) if batched else (50, 120)
+    t = torch.from_numpy(rng.standard_normal(shape)).to(in_dtype)
+    want = reference(t.to(torch.float64).numpy())     # the same values, exactly upcast
+    got = linalg.singular_values(t, method, dtype)
+    assert_close(got, want, tol)
+
+
+# --------------------------------------------------------------------------- structured matrices
+
+@pytest.mark.parametrize("method,dtype", [("gram", torch.float32), ("svd", torch.float64)])
+def test_exactly_rank_deficient(method, dtype):
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((50, 3)) @ rng.standard_normal((3, 50))   # rank 3
+    got = linalg.singular_values(torch.from_numpy(a), method, dtype).numpy()
+    want = reference(a)
+    smax = want[0]
+    assert np.all(got >= 0)
+    assert np.all(got[3:] <= TOL * smax), f"zero σ recovered as {got[3:].max() / smax:.3g}·σmax"
+    np.testing.assert_allclose(got[:3], want[:3], rtol=0, atol=TOL * smax)
+    assert got[2] > 1e-3 * smax   # the three real ones are real
+
+
+@pytest.mark.parametrize("method,dtype", [("gram", torch.float32), ("svd", torch.float64)])
+def test_diagonal_with_planted_sigma_over_eight_decades(method, dtype):
+    rng = np.random.default_rng(7)
+    sigma = np.logspace(-4, 4, 40)                     # σmin/σmax = 1e-8
+    d = np.zeros((60, 40))
+    d[np.arange(40), np.arange(40)] = rng.permutation(sigma) * rng.choice([-1.0, 1.0], 40)
+    got = linalg.singular_values(torch.from_numpy(d), method, dtype).numpy()
+    want = np.sort(sigma)[::-1]
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL * want[0])
+    # above the Gram method's √ε floor the large ones are relatively exact too
+    big = want > 1e-3 * want[0]
+    np.testing.assert_allclose(got[big], want[big], rtol=1e-9)
+
+
+@pytest.mark.parametrize("method,dtype", [("gram", torch.float32), ("svd", torch.float64)])
+@pytest.mark.parametrize("shape", [(64, 64), (80, 30)], ids=["square", "tall"])
+def test_orthogonal_columns_have_unit_sigma(method, dtype, shape):
+    q = random_orthogonal(np.random.default_rng(8), shape[0])[:, :shape[1]]
+    got = linalg.singular_values(torch.from_numpy(q), method, dtype).numpy()
+    np.testing.assert_allclose(got, np.ones(shape[1]), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("method,dtype", [("gram", torch.float32), ("svd", torch.float64)])
+@pytest.mark.parametrize("m,n", [(90, 60), (60, 90)])
+def test_planted_inverse_sqrt_spectrum(method, dtype, m, n):
+    rng = np.random.default_rng(9)
+    k = min(m, n)
+    sigma = np.arange(1, k + 1, dtype=np.float64) ** -0.5
+    w = planted(rng, sigma, m, n)
+    got = linalg.singular_values(torch.from_numpy(w), method, dtype).numpy()
+    np.testing.assert_allclose(got, sigma, rtol=0, atol=TOL * sigma[0])
+
+
+def test_unknown_method_is_an_atlas_error():
+    with pytest.raises(AtlasError, match="unknown SVD method"):
+        linalg.singular_values(torch.zeros(3, 3), "qr")
+
+
+def test_explicit_cpu_device_gives_the_same_values():
+    a = np.random.default_rng(10).standard_normal((2, 30, 20))
+    got = linalg.singular_values(torch.from_numpy(a), "gram", device=torch.device("cpu"))
+    assert_close(got, reference(a), TOL)
+
+
+# --------------------------------------------------------------------------- resolve_device
+
+def test_auto_is_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert linalg.resolve_device("auto") == torch.device("cpu")
+    assert linalg.resolve_device() == torch.device("cpu")
+
+
+def test_auto_is_cuda_with_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert linalg.resolve_device("auto").type == "cuda"
+
+
+def test_auto_here_matches_the_machine():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if expected == "cuda":
+        pytest.skip("this machine has CUDA; the no-CUDA branch is covered with a monkeypatch")
+    assert linalg.resolve_device("auto") == torch.device("cpu")
+
+
+def test_cpu_is_cpu():
+    assert linalg.resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:1"])
+def test_cuda_without_cuda_is_an_atlas_error(monkeypatch, spec):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(AtlasError, match="no CUDA device"):
+        linalg.resolve_device(spec)
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["no-cuda", "cuda"])
+@pytest.mark.parametrize("spec", ["gpu", "tpu", "", "CPU", "cpux", "mps:0", " cpu", "cuda:x", "cuda0", "cuda:-1"])
+def test_garbage_is_an_atlas_error(monkeypatch, spec, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(AtlasError):
+        linalg.resolve_device(spec)
