@@ -107,7 +107,9 @@ def _torch_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        first = next((line for line in lines if "Unsupported global" in line or "GLOBAL" in line),
+                     lines[0] if lines else type(err).__name__)
         raise AtlasError(
             f"{path}: refused: this pickle would run code or load objects other than tensors, and only "
             f"weights_only=True loads are allowed ({first})"

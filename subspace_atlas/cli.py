@@ -73,6 +73,8 @@ def _run_analysis(args: argparse.Namespace) -> int:
     checkpoints = [c for arg in args.checkpoints for c in open_checkpoints(*_named(arg))]
     planned = jobs.plan(module, checkpoints, params, args.tensors)
     store = Store(args.store)
+    if store.root.exists() and not store.root.is_dir():
+        raise AtlasError(f"--store {store.root}: exists and is not a folder")
     batch = None if args.batch_mb is None else args.batch_mb << 20
     outcome = jobs.run(planned, store, device, batch, force=args.force)
     if not outcome.computed:

@@ -61,7 +61,10 @@ def matrices_of(job: Job) -> list[TensorInfo]:
     """The matrices a job decomposes, grouped by shape so same-shaped ones can be batched."""
     infos = job.checkpoint.tensors()
     if job.tensors:
-        pattern = re.compile(job.tensors)
+        try:
+            pattern = re.compile(job.tensors)
+        except re.error as err:
+            raise AtlasError(f"--tensors {job.tensors!r}: not a valid regular expression ({err})") from err
         infos = [i for i in infos if pattern.search(i.name)]
         if not infos:
             raise AtlasError(f"{job.checkpoint.path}: no tensor matches --tensors {job.tensors!r}")
@@ -71,8 +74,9 @@ def matrices_of(job: Job) -> list[TensorInfo]:
             bad = skipped[0]
             raise AtlasError(f"{job.checkpoint.path}: tensor {bad.name!r} is {len(bad.shape)}-D {bad.dtype} "
                              f"(shape {list(bad.shape)}); {job.module.NAME} needs 2-D floating-point matrices")
-        raise AtlasError(f"{job.checkpoint.path}: no 2-D floating-point weight matrices "
-                         f"({len(skipped)} tensors, none of them a matrix)")
+        other_2d = sum(1 for i in skipped if i.is_matrix)
+        raise AtlasError(f"{job.checkpoint.path}: no 2-D floating-point weight matrices ({len(skipped)} tensors: "
+                         f"{other_2d} 2-D of a non-float dtype, {len(skipped) - other_2d} not 2-D)")
     order = {shape: k for k, shape in enumerate(dict.fromkeys(i.shape for i in taken))}
     return sorted(taken, key=lambda i: order[i.shape])
 

@@ -1,0 +1,200 @@
+"""The Parquet store on disk: round trips, provenance, atomic writes (a SIGKILLed writer, a failing write)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from subspace_atlas.errors import AtlasError
+from subspace_atlas.store import META_KEY, Store, fingerprint
+
+pytestmark = pytest.mark.integration
+
+PROVENANCE = {"params": {"method": "gram"}, "inputs": {"checkpoint": "run/step1"},
+              "versions": {"subspace_atlas": "0.1.0"}, "device": "cpu", "wall_s": 0.25}
+
+
+def frame(n: int = 4, offset: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({
+        "checkpoint": [f"run/step{k + offset}" for k in range(n)],
+        "run": [None] * n,
+        "step": pd.array([k + offset if k % 2 == 0 else None for k in range(n)], dtype="Int64"),
+        "rows": np.arange(n, dtype="int64") + 10,
+        "alpha": np.linspace(1.5, 4.5, n),
+        "ok": [k % 3 == 0 for k in range(n)],
+    })
+
+
+def listing(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_write_then_table_round_trip(tmp_path):
+    store = Store(tmp_path / "S")
+    want = frame(5)
+    assert not store.has("spectra", "fp1")
+    store.write("spectra", "fp1", {"matrices": want}, PROVENANCE)
+    assert store.has("spectra", "fp1")
+    assert not store.has("spectra", "fp2")
+    got = store.table("spectra", "matrices")
+    pd.testing.assert_frame_equal(got, want)
+    assert got["step"].dtype == "Int64"
+    assert got["step"].isna().tolist() == [False, True, False, True, False]
+    assert got["rows"].dtype == np.int64 and got["ok"].dtype == bool
+    assert store.analyses() == ["spectra"]
+
+
+def test_tables_concatenate_parts_of_finished_jobs(tmp_path):
+    store = Store(tmp_path / "S")
+    store.write("spectra", "aaa", {"matrices": frame(3), "values": frame(2)}, PROVENANCE)
+    store.write("spectra", "bbb", {"matrices": frame(4, offset=100), "values": frame(1)}, PROVENANCE)
+    got = store.table("spectra", "matrices")
+    assert len(got) == 7
+    assert sorted(got["checkpoint"]) == sorted([f"run/step{k}" for k in range(3)] +
+                                               [f"run/step{k}" for k in range(100, 104)])
+    assert len(store.table("spectra", "values")) == 3
+    assert [p.name for p in store.parts("spectra", "values")] == ["part-aaa.parquet", "part-bbb.parquet"]
+
+
+def test_provenance_in_parquet_metadata_and_jobs(tmp_path):
+    store = Store(tmp_path / "S")
+    store.write("spectra", "fp1", {"matrices": frame(3), "values": frame(6)}, PROVENANCE)
+    for table in ("matrices", "values"):
+        meta = pq.read_schema(store.root / "spectra" / table / "part-fp1.parquet").metadata
+        prov = json.loads(meta[META_KEY])
+        for key in ("params", "inputs", "versions", "device", "wall_s"):
+            assert prov[key] == PROVENANCE[key]
+        assert prov["fingerprint"] == "fp1" and prov["analysis"] == "spectra"
+    jobs = store.jobs()
+    assert len(jobs) == 1
+    job = jobs.iloc[0]
+    assert job["fingerprint"] == "fp1" and job["device"] == "cpu"
+    assert job["params"] == PROVENANCE["params"]
+    assert job["tables"] == {"matrices": 3, "values": 6}
+    assert store.jobs("spectra")["fingerprint"].tolist() == ["fp1"]
+
+
+def test_version_changes_when_a_job_lands(tmp_path):
+    store = Store(tmp_path / "S")
+    assert store.version() == () and store.analyses() == [] and store.jobs().empty
+    store.write("spectra", "fp1", {"matrices": frame()}, PROVENANCE)
+    v1 = store.version()
+    assert len(v1) == 1
+    store.write("spectra", "fp2", {"matrices": frame()}, PROVENANCE)
+    assert store.version() != v1 and len(store.version()) == 2
+
+
+def test_table_of_nothing_names_the_store(tmp_path):
+    store = Store(tmp_path / "S")
+    with pytest.raises(AtlasError, match=r"S: no spectra/matrices results stored"):
+        store.table("spectra", "matrices")
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    base = fingerprint("spectra", {"method": "gram"}, {"checkpoint": "abc", "tensors": ""}, 1)
+    assert base == fingerprint("spectra", {"method": "gram"}, {"tensors": "", "checkpoint": "abc"}, 1)
+    assert base != fingerprint("spectra", {"method": "svd"}, {"checkpoint": "abc", "tensors": ""}, 1)
+    assert base != fingerprint("spectra", {"method": "gram"}, {"checkpoint": "abd", "tensors": ""}, 1)
+    assert base != fingerprint("spectra", {"method": "gram"}, {"checkpoint": "abc", "tensors": ""}, 2)
+
+
+# ---------------------------------------------------------------- atomicity
+
+
+def test_exception_while_building_a_table_leaves_nothing_visible(tmp_path):
+    store = Store(tmp_path / "S")
+    store.write("spectra", "old", {"matrices": frame(2), "values": frame(3)}, PROVENANCE)
+    before = store.table("spectra", "matrices")
+    unserializable = pd.DataFrame({"tensor": ["a", "b"], "x": [object(), 1]})
+    with pytest.raises(pa.ArrowException):
+        store.write("spectra", "new", {"matrices": frame(4), "values": unserializable}, PROVENANCE)
+    assert not store.has("spectra", "new")
+    pd.testing.assert_frame_equal(store.table("spectra", "matrices"), before)
+    assert len(store.table("spectra", "values")) == 3
+    assert store.jobs()["fingerprint"].tolist() == ["old"]
+    assert not list(store.root.rglob("*.tmp"))
+
+
+def test_exception_while_renaming_into_place_cleans_up(tmp_path):
+    store = Store(tmp_path / "S")
+    blocker = store.root / "spectra" / "values" / "part-new.parquet"
+    blocker.mkdir(parents=True)  # a folder where the file should go: os.replace fails after the write
+    with pytest.raises(OSError):
+        store.write("spectra", "new", {"matrices": frame(4), "values": frame(3)}, PROVENANCE)
+    assert not store.has("spectra", "new")
+    assert store.parts("spectra", "matrices") == []
+    with pytest.raises(AtlasError):
+        store.table("spectra", "matrices")
+    assert not list(store.root.rglob("*.tmp")), "temporary files left behind"
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np, pandas as pd
+    from subspace_atlas.store import Store
+
+    store = Store(sys.argv[1])
+    small = pd.DataFrame({"tensor": ["a", "b"], "alpha": [2.5, 3.5]})
+    store.write("spectra", "done", {"matrices": small, "values": small}, {"params": {}})
+    rng = np.random.default_rng(0)
+    big = pd.DataFrame({"x": rng.random(1_500_000), "y": rng.random(1_500_000)})
+    tables = {"matrices": small.assign(alpha=[9.0, 9.0])}
+    tables.update({f"values{k}": big for k in range(12)})  # seconds of writing after matrices lands
+    print("ready", flush=True)
+    store.write("spectra", "unfinished", tables, {"params": {}})
+    print("finished", flush=True)
+""")
+
+
+def test_sigkill_mid_write_leaves_no_visible_part(tmp_path):
+    root = tmp_path / "S"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        landed = root / "spectra" / "matrices" / "part-unfinished.parquet"
+        deadline = time.monotonic() + 30
+        while not landed.exists():  # the job's first table is in place; the rest are being written
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.002)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert "finished" not in rest
+
+    assert landed.exists()  # the killed job really had files on disk …
+    store = Store(root)
+    assert not store.has("spectra", "unfinished")  # … yet none of it counts
+    assert store.has("spectra", "done")
+    assert [p.name for p in store.parts("spectra", "matrices")] == ["part-done.parquet"]
+    matrices = store.table("spectra", "matrices")
+    assert matrices["alpha"].tolist() == [2.5, 3.5]
+    assert store.table("spectra", "values")["tensor"].tolist() == ["a", "b"]
+    for k in range(12):
+        assert store.parts("spectra", f"values{k}") == []
+    assert store.jobs()["fingerprint"].tolist() == ["done"]
+    assert store.analyses() == ["spectra"]
+    # Leftover temporaries are hidden and are never read as parts.
+    assert all(p.name.startswith(".") for p in root.rglob("*.tmp"))
+
+    # A rerun of the killed job replaces its stray part and makes it visible.
+    store.write("spectra", "unfinished", {"matrices": pd.DataFrame({"tensor": ["c"], "alpha": [4.0]})},
+                {"params": {}})
+    assert store.has("spectra", "unfinished")
+    assert sorted(store.table("spectra", "matrices")["alpha"]) == [2.5, 3.5, 4.0]
