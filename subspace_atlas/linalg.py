@@ -27,7 +27,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise AtlasError(f"--device {spec}: no CUDA device is available here (use --device cpu or auto)")
     if spec not in ("cpu",) and not spec.startswith("cuda"):
         raise AtlasError(f"--device {spec}: expected auto, cpu or cuda[:N]")
-    return torch.device(spec)
+    try:
+        return torch.device(spec)
+    except RuntimeError as err:  # "cuda:x", "cuda0" … on a machine with CUDA
+        raise AtlasError(f"--device {spec}: expected auto, cpu or cuda[:N]") from err
 
 
 def singular_values(mats: torch.Tensor, method: str = "gram", dtype: torch.dtype = torch.float32,

@@ -44,8 +44,11 @@ def fit_power_law(evals: np.ndarray, thresh: float = 1e-5, min_evals: int = 20) 
     logs = np.log(x)
     n = total - np.arange(total - 1, dtype=np.float64)            # tail sizes per candidate
     tail_log_sums = np.cumsum(logs[::-1])[::-1][:-1]              # Σ_{j ≥ i} ln λ_j
+    # Σ ln(λ_j / xmin) is exactly 0 when the whole tail equals xmin (xmin == λmax, the data are
+    # sorted); the difference of cumulative sums would leave rounding noise there and a junk alpha ~1e15.
+    log_ratio_sums = np.where(x[:-1] == x[-1], 0.0, tail_log_sums - n * logs[:-1])
     with np.errstate(divide="ignore", invalid="ignore"):
-        alphas = 1.0 + n / (tail_log_sums - n * logs[:-1])
+        alphas = 1.0 + n / log_ratio_sums
     distances = np.ones(total - 1)
     block = max(1, _BLOCK_ELEMENTS // total)
     j = np.arange(total)
