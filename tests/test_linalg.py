@@ -89,7 +89,7 @@ def test_svd_float32_default_matches_numpy_to_fp32_accuracy(shape):
 def test_gram_block_accumulation_over_many_row_blocks(monkeypatch):
     """Force blocks of a few rows: the Gram matrix must still be the sum over all of them."""
     rng = np.random.default_rng(4)
-    a = rng.standard_normal((3, 301, 37))              # 301 rows: the last block is short
+    a = rng.standard_normal((3, 302, 37))              # 302 = 43·7 + 1: the last block is one row
     cols, count = 37, 3
     monkeypatch.setattr(linalg, "_BLOCK_BYTES", 8 * cols * count * 7)   # 7 rows per block
     got = linalg.singular_values(torch.from_numpy(a), "gram")

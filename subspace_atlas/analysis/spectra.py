@@ -61,7 +61,7 @@ def metrics(sigma: np.ndarray, rows: int, cols: int, params: Params) -> dict[str
             "log_norm": math.log10(lam_sum) if lam_sum > 0 else -math.inf,
             "log_spectral_norm": log10_max,
             "stable_rank": lam_sum / lam_max if lam_max > 0 else math.nan,
-            "log_alpha_norm": float(np.log10(np.sum(lam[lam > 0] ** fit.alpha))) if fit.n_tail else math.nan,
+            "log_alpha_norm": _log_alpha_norm(lam, fit.alpha) if fit.n_tail else math.nan,
             "effective_rank": float(np.exp(-np.sum(p * np.log(p)))),
             "xmin": fit.xmin,
             "xmax": fit.xmax,
@@ -76,6 +76,12 @@ def metrics(sigma: np.ndarray, rows: int, cols: int, params: Params) -> dict[str
     row["alpha_warning"] = ("over-trained" if fit.alpha < ALPHA_LOW else
                             "under-trained" if fit.alpha > ALPHA_HIGH else "")
     return row
+
+
+def _log_alpha_norm(lam: np.ndarray, alpha: float) -> float:
+    """log10 Σλ^alpha, as alpha·log10 λmax + log10 Σ(λ/λmax)^alpha so a huge alpha cannot overflow."""
+    lam_max = float(lam.max())
+    return alpha * math.log10(lam_max) + float(np.log10(np.sum((lam[lam > 0] / lam_max) ** alpha)))
 
 
 def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
