@@ -52,10 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
         _add_params(p, module.Params)
         p.set_defaults(handler=_run_analysis, analysis=name)
-    demo = sub.add_parser("demo", help="rebuild the committed demo store from packaged pretrained weights")
-    demo.add_argument("--store", default=None, help="where to write (default: the repository's data/demo-store)")
+    demo = sub.add_parser("demo", help="build the demo zoo, then every analysis over it into the demo store")
+    demo.add_argument("--store", default=None, help="where to write (default: data/demo-store)")
+    demo.add_argument("--zoo", default=None, help="where the zoo's runs go (default: data/zoo, git-ignored)")
+    demo.add_argument("--scale", choices=["full", "mini"], default="full",
+                      help="mini: the same recipes with a few steps, for a quick look")
     demo.add_argument("--device", default="auto")
     demo.set_defaults(handler=_run_demo)
+    zoo = sub.add_parser("zoo", help="build only the demo zoo: real fine-tuning and pretraining runs")
+    zoo.add_argument("root", nargs="?", default="data/zoo", help="folder to build into (default: data/zoo)")
+    zoo.add_argument("--scale", choices=["full", "mini"], default="full")
+    zoo.add_argument("--seed", type=int, default=0)
+    zoo.add_argument("--only", nargs="+", metavar="RUN", help="build only these runs")
+    zoo.set_defaults(handler=_run_zoo)
     info = sub.add_parser("info", help="what a store holds: analyses, jobs, checkpoints")
     info.add_argument("--store", default=DEFAULT_STORE)
     info.set_defaults(handler=_run_info)
@@ -96,7 +105,18 @@ def _named(arg: str) -> tuple[str, str | None]:
 def _run_demo(args: argparse.Namespace) -> int:
     from subspace_atlas import demo
 
-    return demo.build(args.store, args.device)
+    return demo.build(args.store, args.device, args.zoo, args.scale)
+
+
+def _run_zoo(args: argparse.Namespace) -> int:
+    from subspace_atlas import zoo
+
+    try:
+        manifest = zoo.build(args.root, scale=args.scale, seed=args.seed, only=args.only)
+    except ValueError as err:
+        raise AtlasError(str(err)) from err
+    print(f"zoo: {len(manifest['runs'])} run(s); manifest: {Path(args.root) / zoo.MANIFEST}")
+    return 0
 
 
 def _run_info(args: argparse.Namespace) -> int:

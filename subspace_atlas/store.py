@@ -72,6 +72,12 @@ class Store:
         _atomic(self._manifest(analysis, fp),
                 lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1, default=str)))
 
+    def delete(self, analysis: str, fp: str) -> None:
+        """Remove one job: its manifest first (the job vanishes at once), then its parts."""
+        self._manifest(analysis, fp).unlink(missing_ok=True)
+        for part in (self.root / analysis).glob(f"*/part-{fp}.parquet"):
+            part.unlink()
+
     def analyses(self) -> list[str]:
         """Analyses with at least one stored job."""
         if not self.root.is_dir():
