@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 import queue
 import re
+import struct
 import threading
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -25,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from subspace_atlas.errors import AtlasError
 
@@ -52,36 +53,78 @@ class TensorInfo:
     def is_float(self) -> bool:
         return self.dtype in FLOAT_DTYPES
 
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * getattr(torch, self.dtype).itemsize
+
 
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"}
+# safetensors dtype code → torch dtype.
 _SAFETENSORS_DTYPES = {
-    "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I8": "int8", "U8": "uint8",
-    "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool",
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
+_MAX_HEADER = 100 << 20
 
 
 class _SafetensorsFile:
-    """Lazy access to one safetensors file (memory-mapped by the library)."""
+    """One safetensors file, read with plain positioned reads rather than a memory map.
+
+    A memory map would leave every page read resident (and counted in RSS) until the file is closed,
+    so a 2 GB model would cost 2 GB of RSS; reading each tensor into its own buffer bounds memory by
+    the tensor. The header is validated against the file size, so a truncated file fails on open.
+    """
 
     def __init__(self, path: Path):
         self.path = path
+        size = path.stat().st_size
         try:
-            self._handle = safe_open(str(path), framework="pt")
-            keys = list(self._handle.keys())
-            self.infos = {}
-            for key in keys:
-                sl = self._handle.get_slice(key)
-                dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
-                self.infos[key] = TensorInfo(key, tuple(sl.get_shape()), dtype)
-        except (SafetensorError, OSError, ValueError) as err:
+            with path.open("rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8).ljust(8, b"\0"))
+                if not 2 <= length <= min(size - 8, _MAX_HEADER):
+                    raise ValueError(f"header length {length} does not fit a {size}-byte file")
+                header = json.loads(fh.read(length))
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+        except (ValueError, UnicodeDecodeError, struct.error) as err:
             raise AtlasError(f"{path}: not a readable safetensors file ({err})") from err
+        self._data_start = 8 + length
+        data_size = size - self._data_start
+        self.infos: dict[str, TensorInfo] = {}
+        self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            try:
+                dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+                shape = tuple(int(d) for d in entry["shape"])
+                begin, end = (int(o) for o in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise AtlasError(f"{path}: tensor {name!r} has a malformed header entry ({err})") from err
+            expected = math.prod(shape) * dtype.itemsize
+            if end - begin != expected or begin < 0:
+                raise AtlasError(f"{path}: tensor {name!r} spans {end - begin} bytes, its shape needs {expected}")
+            if end > data_size:
+                raise AtlasError(f"{path}: truncated: tensor {name!r} ends at byte {self._data_start + end} "
+                                 f"of a {size}-byte file")
+            self._entries[name] = (dtype, shape, begin, end)
+            self.infos[name] = TensorInfo(name, shape, str(dtype).removeprefix("torch."))
 
     def load(self, name: str) -> torch.Tensor:
+        dtype, shape, begin, end = self._entries[name]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        buffer = bytearray(end - begin)
         try:
-            return self._handle.get_tensor(name)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            with self.path.open("rb") as fh:
+                fh.seek(self._data_start + begin)
+                got = fh.readinto(buffer)
+        except OSError as err:
             raise AtlasError(f"{self.path}: tensor {name!r} could not be read ({err})") from err
+        if got != len(buffer):
+            raise AtlasError(f"{self.path}: tensor {name!r} could not be read (file shrank while reading)")
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 class _PickleFile:
@@ -171,9 +214,16 @@ class Checkpoint:
             raise AtlasError(f"{self.path}: no tensor named {name!r}")
         return sources[name].load(name)
 
-    def stream(self, names: Sequence[str], ahead: int = 2) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield ``(name, tensor)`` in order, reading up to ``ahead`` tensors in a background thread."""
-        yield from _prefetch(((n, lambda n=n: self.load(n)) for n in names), ahead)
+    def stream(self, names: Sequence[str], ahead_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(name, tensor)`` in order while a background thread reads the next ones.
+
+        The reader runs ahead only while the tensors alive (the one in use and those read ahead) fit in
+        ``ahead_bytes``; a tensor larger than that is read only once the previous one is released.
+        """
+        sources = self._index()
+        sizes = {n: sources[n].infos[n].nbytes for n in names if n in sources}
+        items = ((n, sizes.get(n, 0), lambda n=n: self.load(n)) for n in names)
+        yield from _prefetch(items, ahead_bytes)
 
     def identity(self) -> str:
         """A path-independent content fingerprint: sizes, headers and sampled bytes of every weight file."""
@@ -198,40 +248,53 @@ def _sample_hash(path: Path) -> bytes:
     return digest.digest()
 
 
-def _prefetch(items: Iterator[tuple[str, object]], ahead: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Run each item's loader in one background thread, at most ``ahead`` results waiting."""
-    slots: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+def _prefetch(items: Iterator[tuple[str, int, object]], budget: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Run each item's loader in one background thread, keeping the bytes alive within ``budget``.
+
+    Alive = the item the consumer holds plus those loaded ahead; the consumer releases an item when it
+    asks for the next one. The worker loads the next item only while it fits (or nothing is alive),
+    so memory stays near max(budget, largest item) while disk reads overlap compute.
+    """
+    slots: queue.SimpleQueue = queue.SimpleQueue()
+    gate = threading.Condition()
+    alive = [0]
     stop = threading.Event()
     done = object()
 
     def worker() -> None:
         try:
-            for name, loader in items:
-                if stop.is_set():
-                    return
-                slots.put((name, loader()))
+            for name, size, loader in items:
+                with gate:
+                    gate.wait_for(lambda: stop.is_set() or alive[0] == 0 or alive[0] + size <= budget)
+                    if stop.is_set():
+                        return
+                    alive[0] += size
+                slots.put((name, size, loader()))
         except BaseException as err:  # handed to the consumer, raised there
-            slots.put((None, err))
+            slots.put((None, 0, err))
             return
-        slots.put((None, done))
+        slots.put((None, 0, done))
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
+    held = 0
     try:
         while True:
-            name, value = slots.get()
+            with gate:
+                alive[0] -= held
+                gate.notify()
+            name, held, value = slots.get()
             if value is done:
                 return
             if name is None:
                 raise value
             yield name, value
+            del value
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a worker waiting on a full queue
-            try:
-                slots.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        with gate:
+            stop.set()
+            gate.notify()
+        thread.join(timeout=5)
 
 
 def _weight_files(folder: Path) -> tuple[Path, ...]:

@@ -16,7 +16,7 @@ import torch
 from subspace_atlas.errors import AtlasError
 
 METHODS = ("gram", "svd")
-_BLOCK_BYTES = 64 << 20  # float64 bytes per block when accumulating a Gram matrix
+_BLOCK_BYTES = 32 << 20  # float64 bytes per block when accumulating a Gram matrix
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -211,17 +211,39 @@ def test_stream_yields_in_requested_order(tmp_path):
     state = toy.llama_state(layers=3)
     ckpt = only(toy.write_sharded(tmp_path / "sharded", state, shards=2))
     names = list(reversed(state))
-    for ahead in (1, 2, 8):
-        got = list(ckpt.stream(names, ahead=ahead))
+    for ahead in (0, 1000, 1 << 30):
+        got = list(ckpt.stream(names, ahead_bytes=ahead))
         assert [n for n, _ in got] == names
         for name, tensor in got:
             assert torch.equal(tensor, state[name])
 
 
+def test_prefetch_keeps_the_bytes_alive_within_its_budget():
+    """Alive = the tensor in hand plus those read ahead; the reader waits while the next would not fit."""
+    import time
+
+    from subspace_atlas.checkpoints import _prefetch
+
+    loaded: list[int] = []
+
+    def items(n):
+        for i in range(n):
+            yield f"t{i}", 10, lambda i=i: loaded.append(i) or torch.zeros(1)
+
+    for budget, most_ahead in ((1, 0), (25, 1), (10**6, 19)):
+        loaded.clear()
+        ahead = []
+        for seen, (name, _) in enumerate(_prefetch(items(20), budget), 1):
+            time.sleep(0.01)  # time for the reader to get as far ahead as it may
+            ahead.append(len(loaded) - seen)
+        assert loaded == list(range(20))
+        assert max(ahead) == most_ahead if most_ahead < 19 else max(ahead) > 1
+
+
 def test_stream_propagates_a_loader_error(tmp_path, llama_state):
     ckpt = only(toy.write_safetensors(tmp_path / "m.safetensors", llama_state))
     first = "model.norm.weight"
-    gen = ckpt.stream([first, "no.such.tensor", "model.embed_tokens.weight"], ahead=2)
+    gen = ckpt.stream([first, "no.such.tensor", "model.embed_tokens.weight"], ahead_bytes=1 << 20)
     name, tensor = next(gen)
     assert name == first and torch.equal(tensor, llama_state[first])
     with pytest.raises(AtlasError, match=r"m\.safetensors: no tensor named 'no\.such\.tensor'"):
@@ -242,7 +264,7 @@ def test_stream_closed_early_stops_its_thread(tmp_path):
     state = toy.llama_state(layers=4)
     ckpt = only(toy.write_safetensors(tmp_path / "m.safetensors", state))
     before = threading.active_count()
-    gen = ckpt.stream(list(state), ahead=1)
+    gen = ckpt.stream(list(state), ahead_bytes=1)
     next(gen)
     gen.close()
     assert threading.active_count() == before
@@ -303,7 +325,7 @@ def test_unknown_extension(tmp_path):
 def test_truncated_safetensors(tmp_path, llama_state):
     path = toy.truncate(toy.write_safetensors(tmp_path / "cut.safetensors", llama_state))
     ckpt = only(path)  # opening lists files only; reading the header finds the damage
-    with pytest.raises(AtlasError, match=r"cut\.safetensors: not a readable safetensors file"):
+    with pytest.raises(AtlasError, match=r"cut\.safetensors: truncated: tensor .* ends at byte \d+ of a \d+-byte file"):
         ckpt.tensors()
 
 

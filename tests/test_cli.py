@@ -258,7 +258,7 @@ def _empty(tmp):
 
 def _truncated(tmp):
     path = toy.truncate(toy.write_safetensors(tmp / "cut.safetensors", toy.llama_state()))
-    return [path], ["cut.safetensors: not a readable safetensors file"]
+    return [path], ["cut.safetensors: truncated: tensor"]
 
 
 def _garbage(tmp):

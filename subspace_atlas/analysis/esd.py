@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import integrate, optimize
 
-_BLOCK_ELEMENTS = 1 << 22  # candidates × eigenvalues evaluated at once in the KS scan
+_BLOCK_ELEMENTS = 1 << 20  # candidates × eigenvalues evaluated at once in the KS scan (8 MB per temporary)
 
 
 @dataclass(frozen=True)
