@@ -117,3 +117,29 @@ def jobs_timeline(jobs: pd.DataFrame) -> go.Figure:
                  barmode="group")
     fig.update_layout(title="stored jobs: compute time per checkpoint", yaxis_title="seconds")
     return fig
+
+
+def zoo_accuracy(runs: pd.DataFrame) -> go.Figure:
+    """Final train and held-out accuracy of every fine-tune (per task for continual runs), chance dashed."""
+    rows = runs.dropna(subset=["heldout_accuracy"])
+    if rows.empty:
+        return _empty("no classification runs")
+    label = rows["run"] + np.where(rows["kind"] == "continual", " · " + rows["task"], "")
+    fig = go.Figure([
+        go.Bar(x=label, y=rows["train_accuracy"], name="train accuracy"),
+        go.Bar(x=label, y=rows["heldout_accuracy"], name="held-out accuracy"),
+        go.Scatter(x=label, y=rows["chance_accuracy"], name="chance", mode="markers",
+                   marker={"symbol": "line-ew-open", "size": 28, "color": "black"}),
+    ])
+    fig.update_layout(barmode="group", title="demo zoo: what each fine-tune learned", yaxis_range=[0, 1.02],
+                      yaxis_title="accuracy")
+    return fig
+
+
+def loss_curves(curves: pd.DataFrame) -> go.Figure:
+    """Held-out loss against training step, one line per run."""
+    if curves.empty:
+        return _empty("no loss curves")
+    fig = px.line(curves, x="step", y="loss", color="run", markers=True)
+    fig.update_layout(title="held-out loss over training", yaxis_title="cross-entropy (nats/token)")
+    return fig

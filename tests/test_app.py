@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
+import base64
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -29,6 +31,13 @@ def _app(monkeypatch, store: Path | None, read_only: bool = False) -> AppTest:
         monkeypatch.delenv("SUBSPACE_ATLAS_READONLY", raising=False)
     monkeypatch.setattr(sys, "argv", ["streamlit"])
     return AppTest.from_file(MAIN, default_timeout=60)
+
+
+def _plotly_array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or the typed base64 form ({"dtype", "bdata"}) plotly 6+ writes."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
 
 
 def _charts(at: AppTest) -> list:
@@ -62,20 +71,36 @@ def test_demo_store_is_committed():
 
 
 def test_overview_opens_on_the_demo_store(monkeypatch):
+    from subspace_atlas import zoo
+
     at = _app(monkeypatch, None).run()
     assert not at.exception
     assert any("demo-store" in c.value for c in at.caption)
-    assert len(_charts(at)) == 1
-    assert at.dataframe[0].value["checkpoint"].tolist() == ["all-MiniLM-L6-v2"]
+    assert len(_charts(at)) == 3  # zoo accuracy, pretraining loss curve, stored jobs
+    runs = at.dataframe[0].value
+    assert set(runs["run"]) == {spec.name for spec in zoo.plan()}
+    tuned = runs.dropna(subset=["heldout_accuracy"])
+    assert (tuned["heldout_accuracy"] > tuned["chance_accuracy"] + 0.2).all(), "every demo fine-tune learned"
+    assert "all-MiniLM-L6-v2" in set(at.dataframe[1].value["checkpoint"])
 
 
-def test_spectra_page_on_demo(monkeypatch):
+def test_spectra_page_on_demo_shows_base_fine_tunes_and_pretraining(monkeypatch):
+    from subspace_atlas import zoo
+
     at = _app(monkeypatch, None).run()
     at.switch_page("views/spectra.py").run()
     assert not at.exception
     assert len(_charts(at)) == 5
-    table = at.dataframe[0].value
-    assert len(table) == 40 and {"alpha", "layer", "kind"} <= set(table.columns)
+    shown = set(at.dataframe[0].value["checkpoint"])
+    fine_tunes = {spec.name for spec in zoo.plan() if spec.kind != "pretrain"}
+    assert shown == {"all-MiniLM-L6-v2"} | fine_tunes
+    at.selectbox(key="spectra_group").set_value("pretrain-gpt2-stdlib").run()
+    assert not at.exception
+    steps = at.dataframe[0].value["step"]
+    assert steps.nunique() >= 20
+    over_training = json.loads(at.get("plotly_chart")[2].proto.spec)
+    xs = {int(x) for trace in over_training["data"] for x in _plotly_array(trace["x"])}
+    assert xs == set(steps), "the over-training chart plots every checkpoint's step"
 
 
 def test_spectra_filters_change_the_view(monkeypatch, run_store):
@@ -85,9 +110,9 @@ def test_spectra_filters_change_the_view(monkeypatch, run_store):
     full = at.dataframe[0].value
     assert set(full["checkpoint"]) == {"run/checkpoint-10", "run/checkpoint-20"}
     assert full.loc[full["tensor"].str.contains("down_proj"), "nonfinite"].gt(0).all()
-    at.multiselect(key="spectra_kinds").set_value(["q"]).run()
+    at.multiselect(key="spectra_kinds:run").set_value(["q"]).run()
     assert set(at.dataframe[0].value["kind"]) == {"q"}
-    at.slider(key="spectra_layers").set_value((1, 1)).run()
+    at.slider(key="spectra_layers:run").set_value((1, 1)).run()
     assert set(at.dataframe[0].value["layer"]) == {1}
     at.selectbox(key="spectra_metric").set_value("stable_rank").run()
     assert not at.exception and len(_charts(at)) == 5

@@ -1,9 +1,9 @@
-"""Overview: what the store holds — analyses, checkpoints, when and on which device."""
+"""Overview: what the store holds — analyses, checkpoints, when and on which device — and the demo zoo."""
 
 import streamlit as st
 
 import charts
-from common import current_store, jobs
+from common import current_store, jobs, table
 
 store = current_store()
 st.title("Subspace Atlas")
@@ -15,14 +15,28 @@ if stored.empty:
             f"{store.root}` and reload.")
     st.stop()
 
+analysed = stored[stored["analysis"] != "zoo"]
 cols = st.columns(4)
-cols[0].metric("analyses", stored["analysis"].nunique())
-cols[1].metric("checkpoints", stored["checkpoint"].nunique())
-cols[2].metric("jobs", len(stored))
-cols[3].metric("matrices analysed", int(stored["matrices"].sum()))
+cols[0].metric("analyses", analysed["analysis"].nunique())
+cols[1].metric("checkpoints", analysed["checkpoint"].nunique())
+cols[2].metric("jobs", len(analysed))
+cols[3].metric("matrices analysed", int(analysed["matrices"].sum()) if "matrices" in analysed else 0)
 
-st.plotly_chart(charts.jobs_timeline(stored), key="jobs_chart")
+zoo = table(store, "zoo", "runs")
+if zoo is not None:
+    st.subheader("Demo zoo")
+    st.markdown("Real runs made on a 2-core CPU by `subspace-atlas demo`, starting from the pretrained "
+                "all-MiniLM-L6-v2 (fine-tunes) or from scratch (the GPT-2 pretraining run). Final metrics:")
+    st.plotly_chart(charts.zoo_accuracy(zoo), key="zoo_accuracy")
+    curves = table(store, "zoo", "curves")
+    if curves is not None and not curves.empty:
+        st.plotly_chart(charts.loss_curves(curves), key="zoo_curves")
+    shown = ["run", "task", "method", "rank", "train_accuracy", "heldout_accuracy", "chance_accuracy",
+             "train_loss", "heldout_loss", "checkpoints", "seconds", "description"]
+    st.dataframe(zoo[[c for c in shown if c in zoo]], hide_index=True, key="zoo_table")
+
 st.subheader("Stored jobs")
+st.plotly_chart(charts.jobs_timeline(analysed), key="jobs_chart")
 shown = ["analysis", "checkpoint", "run", "step", "matrices", "device", "device_name", "wall_s", "created",
          "fingerprint"]
-st.dataframe(stored[[c for c in shown if c in stored]], hide_index=True)
+st.dataframe(analysed[[c for c in shown if c in analysed]], hide_index=True, key="jobs_table")

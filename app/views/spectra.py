@@ -12,18 +12,25 @@ if matrices is None:
     st.info(f"No spectra in `{store.root}`. Compute them with `subspace-atlas spectra CKPT --store {store.root}`.")
     st.stop()
 
-checkpoints = sorted(matrices["checkpoint"].unique())
+MODELS = "single checkpoints"
+runs = sorted(matrices["run"].dropna().unique())
+groups = ([MODELS] if matrices["run"].isna().any() else []) + runs
 left, mid, right = st.columns([3, 2, 2])
-chosen = left.multiselect("Checkpoints", checkpoints, default=checkpoints[:6], key="spectra_checkpoints")
-kinds = sorted(matrices["kind"].unique())
-chosen_kinds = mid.multiselect("Kinds", kinds, default=kinds, key="spectra_kinds")
+group = left.selectbox("Group", groups, key="spectra_group",
+                       help="Checkpoints that are not part of a run, or one run's checkpoints over training.")
+in_group = matrices[matrices["run"].isna()] if group == MODELS else matrices[matrices["run"] == group]
+checkpoints = (in_group.drop_duplicates("checkpoint").sort_values(["step", "checkpoint"], na_position="first")
+               ["checkpoint"].tolist())
+chosen = left.multiselect("Checkpoints", checkpoints, default=checkpoints, key=f"spectra_checkpoints:{group}")
+kinds = sorted(in_group["kind"].unique())
+chosen_kinds = mid.multiselect("Kinds", kinds, default=kinds, key=f"spectra_kinds:{group}")
 metric = right.selectbox("Metric", list(charts.SPECTRA_METRICS), key="spectra_metric",
                          help="\n\n".join(f"**{k}**: {v[1]}" for k, v in charts.SPECTRA_METRICS.items()))
-layers = matrices["layer"].dropna()
-view = matrices[matrices["checkpoint"].isin(chosen) & matrices["kind"].isin(chosen_kinds)]
+layers = in_group["layer"].dropna()
+view = in_group[in_group["checkpoint"].isin(chosen) & in_group["kind"].isin(chosen_kinds)]
 if len(layers) and layers.min() < layers.max():
     lo, hi = st.slider("Layers", int(layers.min()), int(layers.max()), (int(layers.min()), int(layers.max())),
-                       key="spectra_layers")
+                       key=f"spectra_layers:{group}")
     view = view[view["layer"].isna() | view["layer"].between(lo, hi)]
 st.caption(charts.SPECTRA_METRICS[metric][1])
 if view.empty:
