@@ -37,7 +37,8 @@ def singular_values(mats: torch.Tensor, method: str = "gram", dtype: torch.dtype
                     device: torch.device | None = None) -> torch.Tensor:
     """Singular values, descending, of a matrix ``(m, n)`` or a batch ``(B, m, n)``, as float64 on CPU.
 
-    ``dtype`` is the precision of the ``svd`` method; ``gram`` always accumulates in float64.
+    ``dtype`` is the precision of the ``svd`` method; ``gram`` always accumulates in float64. A matrix
+    holding NaN or Inf gets NaN singular values.
     """
     if method not in METHODS:
         raise AtlasError(f"unknown SVD method {method!r} (expected one of {', '.join(METHODS)})")
@@ -45,7 +46,8 @@ def singular_values(mats: torch.Tensor, method: str = "gram", dtype: torch.dtype
     single = mats.dim() == 2
     batch = mats.unsqueeze(0) if single else mats
     if method == "svd":
-        values = torch.linalg.svdvals(batch.to(device=device, dtype=dtype))
+        mats = batch.to(device=device, dtype=dtype)
+        values = _where_finite(mats, torch.linalg.svdvals)
     else:
         values = _gram_singular_values(batch, device)
     values = values.to("cpu", torch.float64)
@@ -62,5 +64,21 @@ def _gram_singular_values(batch: torch.Tensor, device: torch.device) -> torch.Te
     for start in range(0, rows, step):
         block = batch[:, start:start + step].to(device=device, dtype=torch.float64)
         gram += block.transpose(-2, -1) @ block
-    evals = torch.linalg.eigvalsh(gram)  # ascending
+    evals = _where_finite(gram, torch.linalg.eigvalsh)  # ascending
     return evals.flip(-1).clamp_min(0).sqrt()
+
+
+def _where_finite(batch: torch.Tensor, decompose) -> torch.Tensor:
+    """``decompose`` each matrix of the batch; a matrix holding NaN/Inf gets all-NaN values instead.
+
+    LAPACK refuses non-finite input ("failed to converge"); NaN/Inf in W always reaches its Gram
+    matrix (through the diagonal), so checking the small Gram matrix is enough on that path.
+    """
+    finite = torch.isfinite(batch).flatten(1).all(1)
+    if bool(finite.all()):
+        return decompose(batch)
+    out = torch.full(batch.shape[:1] + (min(batch.shape[-2:]),), float("nan"), dtype=batch.dtype,
+                     device=batch.device)
+    if bool(finite.any()):
+        out[finite] = decompose(batch[finite])
+    return out

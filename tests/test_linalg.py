@@ -210,3 +210,15 @@ def test_garbage_is_an_atlas_error(monkeypatch, spec, cuda):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     with pytest.raises(AtlasError):
         linalg.resolve_device(spec)
+
+
+@pytest.mark.parametrize("method", ["gram", "svd"])
+def test_non_finite_matrices_get_nan_values_and_the_rest_are_exact(method):
+    rng = np.random.default_rng(11)
+    mats = rng.standard_normal((3, 40, 30))
+    mats[1, 0, 0] = np.nan
+    mats[2, 5, 7] = np.inf
+    got = linalg.singular_values(torch.tensor(mats, dtype=torch.float32), method).numpy()
+    assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
+    ref = np.linalg.svd(mats[0].astype(np.float32).astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(got[0], ref, atol=1e-6 * ref[0])

@@ -141,14 +141,12 @@ def _decompose(batch: list[tuple[TensorInfo, torch.Tensor]], params: Params,
                device: torch.device) -> tuple[list[dict], list[pd.DataFrame]]:
     """Singular values and metrics of one batch of same-shaped matrices: (matrix rows, value tables)."""
     mats = [t for _, t in batch]
-    bad = [_nonfinite(m) for m in mats]
-    good = [k for k, b in enumerate(bad) if b == 0]
-    sigmas: dict[int, np.ndarray] = {}
-    if good:
-        stacked = (mats[good[0]].unsqueeze(0) if len(good) == 1
-                   else torch.stack([mats[k].to(device) for k in good]))
-        out = linalg.singular_values(stacked, params.method, getattr(torch, params.svd_dtype), device).numpy()
-        sigmas = dict(zip(good, out))
+    stacked = mats[0].unsqueeze(0) if len(mats) == 1 else torch.stack([m.to(device) for m in mats])
+    out = linalg.singular_values(stacked, params.method, getattr(torch, params.svd_dtype), device).numpy()
+    # NaN/Inf anywhere in W reaches its singular values (every Gram entry it touches, and the
+    # diagonal through its square), so the entries are counted only for a matrix whose σ are not finite.
+    bad = [0 if np.isfinite(sigma).all() else _nonfinite(m) for m, sigma in zip(mats, out)]
+    sigmas = {k: sigma for k, sigma in enumerate(out) if bad[k] == 0}
     rows, values = [], []
     for k, (info, _) in enumerate(batch):
         m, n = info.shape
