@@ -6,6 +6,7 @@ analysis, params, the checkpoint's content identity, the tensor selection and th
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import platform
 import re
@@ -84,6 +85,7 @@ def matrices_of(job: Job) -> list[TensorInfo]:
 def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: int | None = None,
         force: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Outcome:
     """Run every job not already stored (all of them with ``force``), writing each as it finishes."""
+    _return_large_frees_to_the_os()
     todo = [j for j in jobs if force or not store.has(j.module.NAME, j.fingerprint)]
     skipped = [j for j in jobs if j not in todo]
     if batch_bytes is None:  # batching pays on a GPU; on a CPU it only costs memory
@@ -103,6 +105,20 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
             count += len(mats)
             log(f"[{k}/{len(plans)}] {job.checkpoint.name}: {len(mats)} matrices in {wall:.2f} s")
     return Outcome(todo, skipped, count, time.perf_counter() - start)
+
+
+def _return_large_frees_to_the_os() -> None:
+    """Pin glibc's mmap threshold at 1 MiB so every freed matrix-sized buffer goes back to the OS.
+
+    glibc raises the threshold to 32 MiB after the first large free; buffers below it then come from
+    the heap and fragment it, so RSS creeps up over a model (measured on a 2.2 GB bf16 checkpoint:
+    1498 MiB peak without, 875 MiB with this and one matrix decomposed at a time above 128 MiB).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        except (OSError, AttributeError):  # not glibc (musl): nothing to tune
+            pass
 
 
 def _counted(stream, bar):
