@@ -137,10 +137,10 @@ def _label(frame: pd.DataFrame, ckpt: Checkpoint) -> pd.DataFrame:
     }
     out = pd.DataFrame(front, index=frame.index)
     if "tensor" in frame:
-        layer_kind = [classify(name) for name in frame["tensor"]]
+        labels = {name: classify(name) for name in frame["tensor"].unique()}  # once per matrix, not per row
         out["tensor"] = frame["tensor"]
-        out["layer"] = pd.array([lk[0] for lk in layer_kind], dtype="Int64")
-        out["kind"] = [lk[1] for lk in layer_kind]
+        out["layer"] = pd.array([labels[name][0] for name in frame["tensor"]], dtype="Int64")
+        out["kind"] = [labels[name][1] for name in frame["tensor"]]
     return pd.concat([out, frame.drop(columns=[c for c in out.columns if c in frame])], axis=1)
 
 

@@ -94,8 +94,9 @@ def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
 
     On a CPU, ``workers`` matrices (default: torch's thread count) are decomposed at once, each on one
     thread: LAPACK parallelises a 384 × 384 eigenproblem poorly (measured 6 ms on one thread, 12 ms on
-    two), so spreading matrices over cores beats spreading one matrix. Work in flight is limited to
-    ``_INFLIGHT_BYTES`` (or one batch), so memory stays near the largest matrix.
+    two), so spreading matrices over cores beats spreading one matrix. Up to 8 batches per worker
+    queue up, so one long matrix does not idle the other workers, but never more than
+    ``_INFLIGHT_BYTES`` (or one batch) at once, so memory stays near the largest matrix.
     A matrix with NaN/Inf gets a row with ``nonfinite`` > 0 and NaN metrics, and no singular values.
     """
     device = device or torch.device("cpu")
@@ -106,7 +107,7 @@ def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
     with _one_thread_each(workers > 1), ThreadPoolExecutor(max_workers=workers) as pool:
         for batch in _batches(stream, batch_bytes):
             size = sum(t.numel() * t.element_size() for _, t in batch)
-            while pending and (len(pending) >= workers or inflight + size > _INFLIGHT_BYTES):
+            while pending and (len(pending) >= 8 * workers or inflight + size > _INFLIGHT_BYTES):
                 future, held = pending.popleft()
                 done.append(future.result())
                 inflight -= held
