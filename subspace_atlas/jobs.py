@@ -112,7 +112,8 @@ def _return_large_frees_to_the_os() -> None:
 
     glibc raises the threshold to 32 MiB after the first large free; buffers below it then come from
     the heap and fragment it, so RSS creeps up over a model (measured on a 2.2 GB bf16 checkpoint:
-    1498 MiB peak without, 875 MiB with this and one matrix decomposed at a time above 128 MiB).
+    1498 MiB peak without, under 900 MiB with it; bench/RESULTS.md). It costs small models some speed
+    (fresh zeroed pages for every buffer over 1 MiB), which bench/RESULTS.md also records.
     """
     if sys.platform.startswith("linux"):
         try:

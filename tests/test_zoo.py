@@ -201,6 +201,25 @@ def test_pretrained_gpt2_loads_with_transformers(built):
     assert curve[0]["step"] == 0 and curve[-1]["loss"] < curve[0]["loss"]
 
 
+def test_pretrained_gpt2_boots_in_transformer_lens(built):
+    """TransformerLens 4's TransformerBridge boots the checkpoint offline and computes HF's logits."""
+    bridge_module = pytest.importorskip("transformer_lens.model_bridge")
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    root, manifest, _ = built
+    last = root / runs_of(manifest, kind="pretrain")[0]["checkpoints"][-1]["path"]
+    model = GPT2LMHeadModel.from_pretrained(last, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(last)
+    bridge = bridge_module.TransformerBridge.boot_transformers(str(last), hf_model=model, tokenizer=tokenizer,
+                                                               device="cpu")
+    ids = tokenizer("import os\nfor name in os.listdir():\n", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits, cache = bridge.run_with_cache(ids)
+        reference = model(input_ids=ids).logits
+    assert "blocks.0.hook_resid_pre" in cache
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
+
+
 def test_rebuild_skips_and_touches_nothing(built):
     root, manifest, first = built
     before = snapshot(root)

@@ -123,7 +123,7 @@ def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
     return {"matrices": pd.DataFrame(rows), "values": value_table}
 
 
-_INFLIGHT_BYTES = 128 << 20  # a Llama embedding and lm_head (125 MiB each in bf16) run one at a time
+_INFLIGHT_BYTES = 64 << 20  # bytes of matrices being decomposed at once; a larger one runs alone
 
 
 @contextmanager
