@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--scale", choices=["full", "mini"], default="full")
     zoo.add_argument("--seed", type=int, default=0)
     zoo.add_argument("--only", nargs="+", metavar="RUN", help="build only these runs")
+    zoo.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default 1)")
+    zoo.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     zoo.set_defaults(handler=_run_zoo)
     info = sub.add_parser("info", help="what a store holds: analyses, jobs, checkpoints")
     info.add_argument("--store", default=DEFAULT_STORE)
@@ -112,7 +114,8 @@ def _run_zoo(args: argparse.Namespace) -> int:
     from subspace_atlas import zoo
 
     try:
-        manifest = zoo.build(args.root, scale=args.scale, seed=args.seed, only=args.only)
+        manifest = zoo.build(args.root, scale=args.scale, progress=not args.quiet, seed=args.seed, only=args.only,
+                             threads=args.threads)
     except ValueError as err:
         raise AtlasError(str(err)) from err
     print(f"zoo: {len(manifest['runs'])} run(s); manifest: {Path(args.root) / zoo.MANIFEST}")
