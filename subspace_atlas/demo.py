@@ -12,8 +12,6 @@ Later analyses add their jobs here, so one command rebuilds everything the demo 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pandas as pd
 
 from subspace_atlas import analysis, jobs, linalg, zoo
 from subspace_atlas.checkpoints import Checkpoint, open_checkpoints
-from subspace_atlas.store import Store
+from subspace_atlas.store import Store, fingerprint
 from subspace_atlas.zoo.io import minilm_path
 
 DEMO_STORE = Path("data") / "demo-store"
@@ -74,7 +72,7 @@ def zoo_tables(manifest: dict) -> dict[str, pd.DataFrame]:
 
 def store_zoo(store: Store, manifest: dict) -> None:
     """Write the zoo tables as one job keyed by the manifest's content, replacing an older zoo."""
-    fp = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:20]
+    fp = fingerprint("zoo", {}, {"manifest": manifest}, zoo.ZOO_VERSION)
     if store.has("zoo", fp):
         return
     stale = store.jobs("zoo")
