@@ -7,20 +7,20 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-# Metric → (label, one-line meaning), in the order the app offers them.
-SPECTRA_METRICS: dict[str, tuple[str, str]] = {
-    "alpha": ("alpha", "power-law exponent of the eigenvalue tail; WeightWatcher reads < 2 as over-trained, "
-                       "> 6 as under-trained, 2–6 as well-trained"),
-    "alpha_weighted": ("alpha_weighted", "alpha · log10 λmax"),
-    "log_norm": ("log_norm", "log10 of the squared Frobenius norm, Σλ"),
-    "log_spectral_norm": ("log_spectral_norm", "log10 λmax, the squared spectral norm"),
-    "stable_rank": ("stable_rank", "Σλ / λmax: how many directions carry the energy"),
-    "log_alpha_norm": ("log_alpha_norm", "log10 Σλ^alpha"),
-    "effective_rank": ("effective_rank", "exp(entropy of σ/Σσ) (Roy & Vetterli)"),
-    "num_spikes": ("num_spikes", "eigenvalues above the Marchenko–Pastur bulk edge"),
-    "mp_softrank": ("mp_softrank", "bulk edge λ+ / λmax"),
-    "ks_distance": ("ks_distance", "Kolmogorov–Smirnov distance of the power-law fit (lower = better fit)"),
-    "sigma_max": ("sigma_max", "largest singular value"),
+# Metric → its one-line meaning, in the order the app offers them.
+SPECTRA_METRICS: dict[str, str] = {
+    "alpha": "power-law exponent of the eigenvalue tail; WeightWatcher reads < 2 as over-trained, "
+             "> 6 as under-trained, 2–6 as well-trained",
+    "alpha_weighted": "alpha · log10 λmax",
+    "log_norm": "log10 of the squared Frobenius norm, Σλ",
+    "log_spectral_norm": "log10 λmax, the squared spectral norm",
+    "stable_rank": "Σλ / λmax: how many directions carry the energy",
+    "log_alpha_norm": "log10 Σλ^alpha",
+    "effective_rank": "exp(entropy of σ/Σσ) (Roy & Vetterli)",
+    "num_spikes": "eigenvalues above the Marchenko–Pastur bulk edge",
+    "mp_softrank": "bulk edge λ+ / λmax",
+    "ks_distance": "Kolmogorov–Smirnov distance of the power-law fit (lower = better fit)",
+    "sigma_max": "largest singular value",
 }
 
 

@@ -25,14 +25,14 @@ chosen = left.multiselect("Checkpoints", checkpoints, default=checkpoints, key=f
 kinds = sorted(in_group["kind"].unique())
 chosen_kinds = mid.multiselect("Kinds", kinds, default=kinds, key=f"spectra_kinds:{group}")
 metric = right.selectbox("Metric", list(charts.SPECTRA_METRICS), key="spectra_metric",
-                         help="\n\n".join(f"**{k}**: {v[1]}" for k, v in charts.SPECTRA_METRICS.items()))
+                         help="\n\n".join(f"**{k}**: {v}" for k, v in charts.SPECTRA_METRICS.items()))
 layers = in_group["layer"].dropna()
 view = in_group[in_group["checkpoint"].isin(chosen) & in_group["kind"].isin(chosen_kinds)]
 if len(layers) and layers.min() < layers.max():
     lo, hi = st.slider("Layers", int(layers.min()), int(layers.max()), (int(layers.min()), int(layers.max())),
                        key=f"spectra_layers:{group}")
     view = view[view["layer"].isna() | view["layer"].between(lo, hi)]
-st.caption(charts.SPECTRA_METRICS[metric][1])
+st.caption(charts.SPECTRA_METRICS[metric])
 if view.empty:
     st.warning("No matrices match these filters.")
     st.stop()
