@@ -143,3 +143,110 @@ def loss_curves(curves: pd.DataFrame) -> go.Figure:
     fig = px.line(curves, x="step", y="loss", color="run", markers=True)
     fig.update_layout(title="held-out loss over training", yaxis_title="cross-entropy (nats/token)")
     return fig
+
+
+# ---------------------------------------------------------------- intruder dimensions
+
+
+def intruder_heatmap(summary: pd.DataFrame, title: str) -> go.Figure:
+    """Layer × kind: intruders among each matrix's top-k singular vectors (one checkpoint, ε, side)."""
+    rows = summary.dropna(subset=["layer"])
+    if rows.empty:
+        return _empty("no per-layer matrices")
+    grid = rows.pivot_table(index="kind", columns="layer", values="n_intruders", aggfunc="sum")
+    top_k = int(rows["top_k"].max())
+    fig = px.imshow(grid, aspect="auto", color_continuous_scale="Reds", zmin=0, zmax=max(1, top_k),
+                    labels={"x": "layer", "y": "kind", "color": "intruders"}, text_auto="d")
+    fig.update_xaxes(type="category")
+    fig.update_layout(title=title, margin={"t": 50})
+    return fig
+
+
+def intruders_vs_epsilon(summary: pd.DataFrame) -> go.Figure:
+    """Total intruders (summed over matrices) against ε, one line per checkpoint: the paper's Figure-style sweep."""
+    if summary.empty:
+        return _empty("no intruder summaries")
+    total = summary.groupby(["checkpoint", "epsilon"], as_index=False)["n_intruders"].sum().sort_values("epsilon")
+    fig = px.line(total, x="epsilon", y="n_intruders", color="checkpoint", markers=True)
+    fig.update_layout(title="intruders in the top-k vs threshold ε (all selected matrices)",
+                      xaxis_title="ε (a vector is an intruder when max |cos| with every base vector < ε)",
+                      yaxis_title="intruders")
+    return fig
+
+
+def intruders_over_steps(summary: pd.DataFrame) -> go.Figure:
+    """For runs with checkpoints: total intruders against training step, one line per run."""
+    rows = summary.dropna(subset=["step", "run"])
+    if rows.empty:
+        return _empty("no runs with checkpoints")
+    total = rows.groupby(["run", "step"], as_index=False)["n_intruders"].sum().sort_values("step")
+    fig = px.line(total, x="step", y="n_intruders", color="run", markers=True)
+    fig.update_layout(title="intruders over training (all selected matrices)", yaxis_title="intruders")
+    return fig
+
+
+def similarity_matrix(similarity: pd.DataFrame, vectors: pd.DataFrame) -> go.Figure:
+    """|Uᵀ U0| for one matrix: the fine-tune's top-k vectors (rows) against the base's top-N (columns)."""
+    if similarity.empty:
+        return _empty("no similarity stored for this matrix")
+    grid = similarity.pivot(index="index", columns="base_index", values="cos")
+    marks = vectors.set_index("index")["is_intruder"].reindex(grid.index, fill_value=False)
+    labels = [f"{i} ⚠" if marks[i] else str(i) for i in grid.index]
+    fig = px.imshow(grid.to_numpy(), x=[str(c) for c in grid.columns], y=labels, zmin=0, zmax=1,
+                    color_continuous_scale="Blues", aspect="auto",
+                    labels={"x": "base singular vector (rank)", "y": "fine-tuned vector (rank; ⚠ intruder)",
+                            "color": "|cos|"})
+    fig.update_layout(title="similarity |Uᵀ U0| (intruders have no bright cell anywhere in the base)")
+    return fig
+
+
+def mitigated_sigma(values: pd.DataFrame, vectors: pd.DataFrame, lam: float) -> pd.DataFrame:
+    """The fine-tuned spectrum after PEFT-style mitigation: intruders' σ times λ (vectors unchanged)."""
+    tuned = values[values["which"] == "tuned"].set_index("index")["sigma"].copy()
+    hit = vectors.loc[vectors["is_intruder"], "index"]
+    tuned.loc[tuned.index.intersection(hit)] *= lam
+    return pd.DataFrame({"index": np.arange(len(tuned)), "sigma": np.sort(tuned.to_numpy())[::-1]})
+
+
+def spectrum_with_intruders(values: pd.DataFrame, vectors: pd.DataFrame, lam: float | None = None) -> go.Figure:
+    """Base and fine-tuned singular values by rank, intruders marked at their ranks; optionally mitigated."""
+    if values.empty:
+        return _empty("no singular values stored for this matrix")
+    fig = go.Figure()
+    for which, style in (("base", {"color": "gray", "dash": "dot"}), ("tuned", {"color": "steelblue"})):
+        part = values[values["which"] == which]
+        fig.add_trace(go.Scatter(x=part["index"], y=part["sigma"], mode="lines+markers", name=which, line=style,
+                                 marker={"size": 4}))
+    hit = vectors[vectors["is_intruder"]]
+    if not hit.empty:
+        fig.add_trace(go.Scatter(x=hit["index"], y=hit["sigma"], mode="markers", name="intruder",
+                                 marker={"symbol": "x", "size": 13, "color": "crimson"},
+                                 hovertemplate="rank %{x}<br>σ %{y:.4g}<extra>intruder</extra>"))
+        if lam is not None:
+            after = mitigated_sigma(values, vectors, lam)
+            fig.add_trace(go.Scatter(x=after["index"], y=after["sigma"], mode="lines", name=f"mitigated, λ = {lam:g}",
+                                     line={"color": "darkorange", "dash": "dash"}))
+    fig.update_layout(title="leading singular values", xaxis_title="rank", yaxis_title="σ")
+    return fig
+
+
+def mitigation_curve(matrix: pd.Series) -> go.Figure:
+    """How far PEFT-style mitigation moves one matrix, for every λ in [0, 1]: away from W, back toward W0.
+
+    ‖W' − W‖ = (1 − λ)·√E and ‖W' − W0‖² = ‖ΔW‖² − 2(1 − λ)·P + (1 − λ)²·E, from the stored intruder
+    energy E = Σ s_i² and projection P = Σ s_i·u_iᵀΔW v_i.
+    """
+    energy, proj = matrix["intruder_energy"], matrix["intruder_update_proj"]
+    if not energy > 0:
+        return _empty("no intruders in this matrix: mitigation leaves it unchanged")
+    lam = np.linspace(0, 1, 51)
+    shift = (1 - lam) * np.sqrt(energy) / matrix["norm_tuned"]
+    moved = np.sqrt(np.maximum(matrix["norm_update"] ** 2 - 2 * (1 - lam) * proj + (1 - lam) ** 2 * energy, 0))
+    fig = go.Figure([
+        go.Scatter(x=lam, y=shift, name="‖W′ − W‖ / ‖W‖ (how far the matrix moves)"),
+        go.Scatter(x=lam, y=moved / matrix["norm_update"], name="‖W′ − W0‖ / ‖W − W0‖ (update left)"),
+    ])
+    fig.add_vline(x=matrix["mitigation_lambda"], line={"dash": "dot", "color": "gray"}, annotation_text="stored λ")
+    fig.update_layout(title="mitigation W′ = W + (λ − 1)·Σ_intruders s u vᵀ", xaxis_title="λ",
+                      yaxis_title="relative Frobenius distance")
+    return fig

@@ -22,7 +22,7 @@ import re
 import struct
 import threading
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,14 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * getattr(torch, self.dtype).itemsize
+
+
+def select_matrices(infos: Iterable[TensorInfo]) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Split tensors into non-empty 2-D floating-point matrices (what weight analyses take) and the rest."""
+    taken, skipped = [], []
+    for info in infos:
+        (taken if info.is_matrix and info.is_float and min(info.shape) > 0 else skipped).append(info)
+    return taken, skipped
 
 
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"}
@@ -206,6 +214,10 @@ class Checkpoint:
     def tensors(self) -> list[TensorInfo]:
         """Every tensor's name, shape and dtype, in file order (headers only)."""
         return [src.infos[name] for name, src in self._index().items()]
+
+    def tensors_by_name(self) -> dict[str, TensorInfo]:
+        """Every tensor's info keyed by name (headers only)."""
+        return {name: src.infos[name] for name, src in self._index().items()}
 
     def load(self, name: str) -> torch.Tensor:
         """One tensor as stored (CPU, stored dtype)."""

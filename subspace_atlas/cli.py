@@ -25,8 +25,12 @@ def _add_params(parser: argparse.ArgumentParser, params_cls: type) -> None:
     for f in dataclasses.fields(params_cls):
         kind = type(f.default)
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+        shown = f.default
+        if isinstance(f.default, tuple):  # one value or several
+            kind, shown = type(f.default[0]), " ".join(map(str, f.default))
+            extra["nargs"] = "+"
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", type=kind,
-                           default=f.default, help=f"{f.metadata.get('help', '')} (default: {f.default})",
+                           default=f.default, help=f"{f.metadata.get('help', '')} (default: {shown})",
                            **extra)
 
 
@@ -48,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         module = analysis.get(name)
         p = sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
         p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                       help="checkpoint file or folder, or a run folder of checkpoints")
+                       help="checkpoint file or folder, or a run folder of checkpoints"
+                            + (" (fine-tunes: full state dicts or PEFT LoRA adapter folders)"
+                               if getattr(module, "PAIRED", False) else ""))
+        if getattr(module, "PAIRED", False):
+            p.add_argument("--base", required=True, metavar="CKPT", help="the pretrained checkpoint they start from")
         _add_common(p)
         _add_params(p, module.Params)
         p.set_defaults(handler=_run_analysis, analysis=name)
@@ -79,10 +87,20 @@ def _run_analysis(args: argparse.Namespace) -> int:
     from subspace_atlas.store import Store
 
     module = analysis.get(args.analysis)
-    params = module.Params(**{f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(module.Params)})
+    values = {f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(module.Params)}
+    try:
+        params = module.Params(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except ValueError as err:
+        raise AtlasError(f"{module.NAME}: {err}") from err
     device = linalg.resolve_device(args.device)
     checkpoints = [c for arg in args.checkpoints for c in open_checkpoints(*_named(arg))]
-    planned = jobs.plan(module, checkpoints, params, args.tensors)
+    base = None
+    if getattr(args, "base", None):
+        found = open_checkpoints(*_named(args.base))
+        if len(found) != 1:
+            raise AtlasError(f"--base {args.base}: a run folder of {len(found)} checkpoints; give one checkpoint")
+        base = found[0]
+    planned = jobs.plan(module, checkpoints, params, args.tensors, base=base)
     store = Store(args.store)
     if store.root.exists() and not store.root.is_dir():
         raise AtlasError(f"--store {store.root}: exists and is not a folder")

@@ -6,6 +6,8 @@
    table ``zoo/runs`` (and ``zoo/curves`` for the pretraining loss), which the app's overview shows.
 3. Spectra of the base, of every fine-tune (its merged model), over the full fine-tunes' and the
    continual run's checkpoints, and over the pretraining run's checkpoints.
+4. Intruder dimensions of every fine-tune against the base: its merged final model, and every
+   checkpoint of its run (LoRA checkpoints are adapter folders, merged on the fly).
 
 Later analyses add their jobs here, so one command rebuilds everything the demo shows.
 """
@@ -33,11 +35,17 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
     root = Path(zoo_root or DEMO_ZOO)
     manifest = zoo.build(root, scale=scale)
     store_zoo(target, manifest)
+    device_ = linalg.resolve_device(device)
     spectra = analysis.get("spectra")
     planned = jobs.plan(spectra, demo_checkpoints(root, manifest), spectra.Params())
-    outcome = jobs.run(planned, target, linalg.resolve_device(device))
-    print(f"demo: {len(outcome.computed)} job(s) computed, {len(outcome.skipped)} already stored → {target.root}",
-          file=sys.stderr)
+    intruders = analysis.get("intruders")
+    base = open_checkpoints(minilm_path(), name=zoo.BASE_NAME)[0]
+    planned_pairs = jobs.plan(intruders, fine_tunes(root, manifest), intruders.Params(), base=base)
+    computed = skipped = 0
+    for batch in (planned, planned_pairs):
+        outcome = jobs.run(batch, target, device_)
+        computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
+    print(f"demo: {computed} job(s) computed, {skipped} already stored → {target.root}", file=sys.stderr)
     return 0
 
 
@@ -48,6 +56,16 @@ def demo_checkpoints(root: Path, manifest: dict) -> list[Checkpoint]:
         if run.get("merged"):
             found += open_checkpoints(root / run["merged"], name=run["name"])
         if run["method"] in ("full", "pretrain"):
+            found += open_checkpoints(root / run["path"], name=run["name"])
+    return found
+
+
+def fine_tunes(root: Path, manifest: dict) -> list[Checkpoint]:
+    """Every fine-tune of the base: its merged final model, then every checkpoint of its run."""
+    found = []
+    for run in manifest["runs"]:
+        if run["kind"] in ("finetune", "continual"):
+            found += open_checkpoints(root / run["merged"], name=run["name"])
             found += open_checkpoints(root / run["path"], name=run["name"])
     return found
 

@@ -2,6 +2,9 @@
 
 A job is one analysis over one checkpoint with one set of params; its fingerprint hashes the
 analysis, params, the checkpoint's content identity, the tensor selection and the schema version.
+A paired analysis (``PAIRED = True``: intruders, sparsity …) compares each checkpoint with a base;
+the base's identity joins the fingerprint, and all jobs sharing a base run matrix by matrix
+(``pairs``), so each base matrix is read and decomposed once however many checkpoints it meets.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Job:
     tensors: str  # regex selecting tensor names; "" = all
     identity: str  # the checkpoint's content identity
     fingerprint: str
+    base: Checkpoint | None = None  # what a paired analysis compares the checkpoint with
+    base_identity: str | None = None
 
 
 @dataclass
@@ -46,21 +51,31 @@ class Outcome:
     seconds: float
 
 
-def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "") -> list[Job]:
+def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
+         base: Checkpoint | None = None) -> list[Job]:
     """One job per checkpoint, fingerprinted (reads file headers and a few sampled bytes only)."""
+    paired = getattr(module, "PAIRED", False)
+    if paired and base is None:
+        raise AtlasError(f"{module.NAME} compares checkpoints with a base model: give --base CKPT")
+    if base is not None and not paired:
+        raise AtlasError(f"{module.NAME} takes no --base")
+    base_identity = base.identity() if base is not None else None
     jobs = []
     for ckpt in checkpoints:
         identity = ckpt.identity()
         # The labels written into every row count too; the path does not (moving a folder keeps its cache).
         inputs = {"checkpoint": identity, "tensors": tensors, "name": ckpt.name, "step": ckpt.step, "run": ckpt.run}
+        if base is not None:
+            inputs |= {"base": base_identity, "base_name": base.name}
         jobs.append(Job(module, ckpt, params, tensors, identity,
-                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION)))
+                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity))
     return jobs
 
 
-def matrices_of(job: Job) -> list[TensorInfo]:
-    """The matrices a job decomposes, grouped by shape so same-shaped ones can be batched."""
-    infos = job.checkpoint.tensors()
+def matrices_of(job: Job, checkpoint: Checkpoint | None = None) -> list[TensorInfo]:
+    """The matrices a job decomposes (of ``checkpoint``, by default its own), grouped by shape."""
+    checkpoint = checkpoint or job.checkpoint
+    infos = checkpoint.tensors()
     if job.tensors:
         try:
             pattern = re.compile(job.tensors)
@@ -68,15 +83,15 @@ def matrices_of(job: Job) -> list[TensorInfo]:
             raise AtlasError(f"--tensors {job.tensors!r}: not a valid regular expression ({err})") from err
         infos = [i for i in infos if pattern.search(i.name)]
         if not infos:
-            raise AtlasError(f"{job.checkpoint.path}: no tensor matches --tensors {job.tensors!r}")
+            raise AtlasError(f"{checkpoint.path}: no tensor matches --tensors {job.tensors!r}")
     taken, skipped = job.module.select(infos)
     if not taken:
         if job.tensors and skipped:
             bad = skipped[0]
-            raise AtlasError(f"{job.checkpoint.path}: tensor {bad.name!r} is {len(bad.shape)}-D {bad.dtype} "
+            raise AtlasError(f"{checkpoint.path}: tensor {bad.name!r} is {len(bad.shape)}-D {bad.dtype} "
                              f"(shape {list(bad.shape)}); {job.module.NAME} needs 2-D floating-point matrices")
         other_2d = sum(1 for i in skipped if i.is_matrix)
-        raise AtlasError(f"{job.checkpoint.path}: no 2-D floating-point weight matrices ({len(skipped)} tensors: "
+        raise AtlasError(f"{checkpoint.path}: no 2-D floating-point weight matrices ({len(skipped)} tensors: "
                          f"{other_2d} 2-D of a non-float dtype, {len(skipped) - other_2d} not 2-D)")
     order = {shape: k for k, shape in enumerate(dict.fromkeys(i.shape for i in taken))}
     return sorted(taken, key=lambda i: order[i.shape])
@@ -90,6 +105,8 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
     skipped = [j for j in jobs if j not in todo]
     if batch_bytes is None:  # batching pays on a GPU; on a CPU it only costs memory
         batch_bytes = 1 << 30 if device.type == "cuda" else 0
+    if todo and getattr(todo[0].module, "PAIRED", False):
+        return _run_paired(todo, skipped, store, device, batch_bytes, log)
     start, count = time.perf_counter(), 0
     plans = [(job, matrices_of(job)) for job in todo]  # validate every input before any work
     total = sum(len(m) for _, m in plans)
@@ -104,6 +121,48 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
             store.write(job.module.NAME, job.fingerprint, tables, _provenance(job, device, wall, len(mats)))
             count += len(mats)
             log(f"[{k}/{len(plans)}] {job.checkpoint.name}: {len(mats)} matrices in {wall:.2f} s")
+    return Outcome(todo, skipped, count, time.perf_counter() - start)
+
+
+def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch.device, batch_bytes: int,
+                log: Callable[[str], None]) -> Outcome:
+    """Run paired jobs base by base, matrix-major; write each job once all its matrices are done.
+
+    Every pairing is validated before any work. A job whose result fails the module's ``validate``
+    (e.g. a fine-tune of some other base) is not written; the others are, then the error is raised.
+    """
+    from subspace_atlas.pairs import pair_items
+    from subspace_atlas.svdcache import SvdCache, default_root
+
+    start, count, problems = time.perf_counter(), 0, []
+    groups: dict[str, list[Job]] = {}
+    for job in todo:
+        groups.setdefault(job.base_identity, []).append(job)
+    for group in groups.values():
+        items = pair_items(group, matrices_of)
+        total = sum(len(item.tuned) for item in items)
+        module = group[0].module
+        t0 = time.perf_counter()
+        with tqdm(total=total, unit="pair", disable=None, file=sys.stderr, leave=False,
+                  desc=f"{module.NAME} vs {group[0].base.name}") as bar:
+            tables = module.compute(items, group[0].params, device, batch_bytes, cache=SvdCache(default_root()),
+                                    progress=bar.update)
+        wall = time.perf_counter() - t0
+        for k, job in enumerate(group):
+            mine = {name: _label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
+                                 job.checkpoint, job.base)
+                    for name, frame in tables.items()}
+            problem = module.validate(mine["matrices"]) if hasattr(module, "validate") else None
+            if problem:
+                problems.append(f"{job.checkpoint.path} vs --base {job.base.path}: {problem}")
+                continue
+            n = sum(1 for item in items for j, _ in item.tuned if j == k)
+            store.write(module.NAME, job.fingerprint, mine, _provenance(job, device, wall / len(group), n))
+            count += n
+        log(f"{module.NAME}: {len(group)} checkpoint(s) vs {group[0].base.name}: {total} matrix pairs "
+            f"in {wall:.2f} s")
+    if problems:
+        raise AtlasError("; ".join(problems))
     return Outcome(todo, skipped, count, time.perf_counter() - start)
 
 
@@ -128,9 +187,10 @@ def _counted(stream, bar):
         bar.update(1)
 
 
-def _label(frame: pd.DataFrame, ckpt: Checkpoint) -> pd.DataFrame:
+def _label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None) -> pd.DataFrame:
     """Prefix a result table with the checkpoint's columns and, where it has ``tensor``, layer and kind."""
-    front = {
+    front = {} if base is None else {"base": base.name}
+    front |= {
         "checkpoint": ckpt.name,
         "checkpoint_path": str(ckpt.path),
         "run": ckpt.run,
@@ -163,7 +223,9 @@ def _provenance(job: Job, device: torch.device, wall: float, matrices: int) -> d
         "params": dataclasses.asdict(job.params),
         "inputs": {"checkpoint": job.checkpoint.name, "path": str(job.checkpoint.path),
                    "identity": job.identity, "step": job.checkpoint.step,
-                   "run": job.checkpoint.run, "tensors": job.tensors},
+                   "run": job.checkpoint.run, "tensors": job.tensors}
+                  | ({"base": job.base.name, "base_path": str(job.base.path), "base_identity": job.base_identity}
+                     if job.base is not None else {}),
         "versions": {"subspace_atlas": subspace_atlas.__version__, "torch": torch.__version__,
                      "numpy": numpy.__version__, "pandas": pd.__version__,
                      "safetensors": safetensors.__version__, "python": platform.python_version()},

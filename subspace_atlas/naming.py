@@ -55,3 +55,38 @@ def classify(name: str) -> tuple[int | None, str]:
         if pattern.search(probe) or pattern.search(name):
             return layer, kind
     return layer, "other"
+
+
+def align(base: list[str], tuned: list[str]) -> dict[str, str]:
+    """Pair each tuned tensor name with the base tensor it fine-tunes: ``{tuned: base}``.
+
+    Fine-tunes often wrap the base under a prefix (``bert.encoder…`` vs ``encoder…``; ``model.layers…``
+    in a causal LM vs a bare ``layers…``), or the base carries one the fine-tune lacks. A tuned name
+    pairs with the base name sharing its longest dotted suffix, when exactly one base name does. A
+    prefix that is dropped may not hold a number: ``layers.7.q.weight`` never pairs with ``layers.0.q.weight``.
+    """
+    by_suffix: dict[str, list[str]] = {}
+    for name in base:
+        parts = name.split(".")
+        for start in _suffix_starts(parts):
+            by_suffix.setdefault(".".join(parts[start:]), []).append(name)
+    pairs = {}
+    for name in tuned:
+        parts = name.split(".")
+        for start in _suffix_starts(parts):
+            found = by_suffix.get(".".join(parts[start:]))
+            if found:
+                if len(found) == 1 and len(parts) - start >= 2:  # "weight" alone pairs nothing
+                    pairs[name] = found[0]
+                break
+    return pairs
+
+
+def _suffix_starts(parts: list[str]) -> list[int]:
+    """Where a dotted suffix may start: never past a numeric component (a layer index)."""
+    starts = []
+    for start, part in enumerate(parts):
+        starts.append(start)
+        if part.isdigit():
+            break
+    return starts

@@ -23,3 +23,9 @@ def tiny_model(tmp_path, llama_state):
     import toy_checkpoints as toy
 
     return toy.write_hf_folder(tmp_path / "tiny-model", llama_state)
+
+
+@pytest.fixture(autouse=True)
+def _private_svd_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own SVD cache folder, never the user's ~/.cache."""
+    monkeypatch.setenv("SUBSPACE_ATLAS_CACHE", str(tmp_path_factory.mktemp("svd-cache")))

@@ -123,6 +123,36 @@ def test_empty_store_explains_itself(monkeypatch, tmp_path):
     assert not at.exception and "empty" in at.info[0].value
     at.switch_page("views/spectra.py").run()
     assert not at.exception and "No spectra" in at.info[0].value
+    at.switch_page("views/intruders.py").run()
+    assert not at.exception and "No intruder results" in at.info[0].value
+
+
+def test_intruders_page_on_demo_compares_full_and_lora(monkeypatch):
+    from subspace_atlas import zoo
+
+    at = _app(monkeypatch, None).run()
+    at.switch_page("views/intruders.py").run()
+    assert not at.exception
+    assert len(_charts(at)) == 6  # heatmap, ε sweep, over training, similarity, spectrum, mitigation
+    fine_tunes = {spec.name for spec in zoo.plan() if spec.kind != "pretrain"}
+    assert set(at.multiselect(key="intruders_compare").value) == fine_tunes
+    sweep = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert {trace["name"] for trace in sweep["data"]} == fine_tunes
+    over_training = json.loads(at.get("plotly_chart")[2].proto.spec)
+    runs = {trace["name"] for trace in over_training["data"]}
+    assert "sentiment-lora-r8" in runs and "sentiment-full" in runs
+    # One matrix of a LoRA fine-tune, its worst matrix first: the spectrum marks its intruders.
+    at.selectbox(key="intruders_one_checkpoint").set_value("sentiment-lora-r64").run()
+    assert not at.exception
+    spectrum = json.loads(at.get("plotly_chart")[4].proto.spec)
+    names = [trace["name"] for trace in spectrum["data"]]
+    assert "intruder" in names and any(n.startswith("mitigated") for n in names)
+    at.selectbox(key="intruders_side").set_value("left").run()
+    at.selectbox(key="intruders_epsilon").set_value(0.9).run()
+    at.multiselect(key="intruders_kinds").set_value(["q", "v"]).run()
+    assert not at.exception
+    assert set(at.dataframe[-1].value["kind"]) == {"q", "v"}
+    assert set(at.dataframe[-1].value["epsilon"]) == {0.9}
 
 
 def test_read_only_hides_work_and_paths(monkeypatch):

@@ -74,3 +74,49 @@ def test_empty_inputs_give_a_message_not_an_error():
     for fig in (charts.layer_kind_heatmap(frame, "alpha"), charts.metric_by_layer(frame, "alpha"),
                 charts.metric_over_steps(frame, "alpha"), charts.esd_with_fit(np.array([1.0]), pd.Series())):
         assert fig.layout.annotations and not fig.data
+
+
+# ---------------------------------------------------------------- intruders
+
+
+def _one_matrix():
+    values = pd.DataFrame({"which": ["base"] * 4 + ["tuned"] * 4, "index": [0, 1, 2, 3] * 2,
+                           "sigma": [5.0, 4.0, 3.0, 2.0, 6.0, 4.5, 3.5, 1.0]})
+    vectors = pd.DataFrame({"index": [0, 1, 2, 3], "sigma": [6.0, 4.5, 3.5, 1.0],
+                            "max_cos": [0.1, 0.9, 0.95, 0.3], "is_intruder": [True, False, False, True]})
+    return values, vectors
+
+
+def test_mitigated_spectrum_scales_only_intruders_and_resorts():
+    values, vectors = _one_matrix()
+    after = charts.mitigated_sigma(values, vectors, 0.5)
+    np.testing.assert_allclose(after["sigma"], [4.5, 3.5, 3.0, 0.5])
+
+
+def test_mitigation_curve_matches_the_closed_form_at_the_ends():
+    row = pd.Series({"intruder_energy": 9.0, "intruder_update_proj": 4.0, "norm_tuned": 10.0,
+                     "norm_update": 5.0, "mitigation_lambda": 0.75})
+    fig = charts.mitigation_curve(row)
+    shift, left = (np.asarray(t.y) for t in fig.data)
+    assert shift[0] == pytest.approx(0.3) and shift[-1] == pytest.approx(0.0)  # λ = 0 removes √E = 3 of ‖W‖ = 10
+    assert left[0] == pytest.approx(np.sqrt(25 - 8 + 9) / 5) and left[-1] == pytest.approx(1.0)
+    empty = charts.mitigation_curve(pd.Series({**row, "intruder_energy": 0.0}))
+    assert "no intruders" in empty.layout.annotations[0].text
+
+
+def test_intruder_figures_draw_what_they_are_given():
+    values, vectors = _one_matrix()
+    names = [t.name for t in charts.spectrum_with_intruders(values, vectors, 0.75).data]
+    assert names == ["base", "tuned", "intruder", "mitigated, λ = 0.75"]
+    summary = pd.DataFrame({"checkpoint": ["a", "a", "b", "b"], "epsilon": [0.5, 0.9] * 2, "n_intruders": [1, 3, 0, 2],
+                            "layer": [0, 0, 1, 1], "kind": ["q"] * 4, "top_k": 10, "run": ["r", "r", None, None],
+                            "step": [10, 10, None, None]})
+    sweep = charts.intruders_vs_epsilon(summary)
+    assert {t.name: list(t.y) for t in sweep.data} == {"a": [1, 3], "b": [0, 2]}
+    heat = charts.intruder_heatmap(summary[summary["epsilon"] == 0.9], "t")
+    assert np.asarray(heat.data[0].z).tolist() == [[3, 2]]
+    steps = charts.intruders_over_steps(summary[summary["epsilon"] == 0.5])
+    assert [t.name for t in steps.data] == ["r"]
+    sim = pd.DataFrame({"index": [0, 0, 1, 1], "base_index": [0, 1, 0, 1], "cos": [0.1, 0.2, 0.9, 0.1]})
+    fig = charts.similarity_matrix(sim, vectors.head(2))
+    assert list(fig.data[0].y) == ["0 ⚠", "1"]

@@ -127,3 +127,53 @@ def assert_matches(ckpt, state: Mapping[str, torch.Tensor], prefix: str = "") ->
         got = ckpt.load(prefix + key)
         assert got.dtype == want.dtype, key
         assert torch.equal(got, want), key
+
+
+def write_lora_adapter(folder: Path, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
+                       alpha: float, base_path: str | None = None, rslora: bool = False,
+                       fan_in_fan_out: bool = False, extra: Mapping[str, torch.Tensor] | None = None,
+                       **config) -> Path:
+    """A PEFT LoRA adapter folder as ``save_pretrained`` writes it: ``{module: (A, B)}`` factors."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for module, (a, b) in factors.items():
+        state[f"base_model.model.{module}.lora_A.weight"] = a
+        state[f"base_model.model.{module}.lora_B.weight"] = b
+    for name, tensor in (extra or {}).items():
+        state[f"base_model.model.{name}"] = tensor
+    write_safetensors(folder / "adapter_model.safetensors", state)
+    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "use_rslora": rslora,
+           "fan_in_fan_out": fan_in_fan_out, "base_model_name_or_path": base_path,
+           "target_modules": sorted({m.rsplit(".", 1)[-1] for m in factors}), **config}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def planted_intruders(rows: int = 80, cols: int = 48, seed: int = 0):
+    """A base W0 and a tuned W whose SVDs are known exactly, with intruders at known ranks.
+
+    W0 = U0 diag(s0) V0ᵀ. W keeps U0's columns except the last three, which give way to:
+    two vectors orthogonal to every column of U0 (intruders, max |cos| = 0) at ranks 2 and 5, and one
+    at cos 0.3 to U0[:, 7] (an intruder at ε = 0.5, not at ε = 0.2) at rank 8. Base vector 40 moves
+    to rank 0: matching it needs ALL of W0's vectors, not its top ones. Returns (W0, W, expected)
+    with expected = {rank: (max_cos, best_match_index or None)}.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((rows, rows)))
+    u0, outside = q[:, :cols], q[:, cols:]  # outside ⟂ every column of U0
+    v0, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
+    s0 = np.linspace(10.0, 1.0, cols)
+    w0 = u0 @ np.diag(s0) @ v0.T
+    partial = 0.3 * u0[:, 7] + np.sqrt(1 - 0.09) * outside[:, 2]
+    left = [u0[:, 40]] + [u0[:, i] for i in range(cols) if i not in (7, 40)]  # U0[:, 7] gives way to `partial`
+    for rank, vector in ((2, outside[:, 0]), (5, outside[:, 1]), (8, partial)):
+        left.insert(rank, vector)
+    u = np.stack(left[:cols], axis=1)
+    s = np.linspace(12.0, 0.5, cols)
+    w = u @ np.diag(s) @ v0.T
+    expected = {0: (1.0, 40), 2: (0.0, None), 5: (0.0, None), 8: (0.3, 7)}
+    return torch.tensor(w0, dtype=torch.float64), torch.tensor(w, dtype=torch.float64), expected

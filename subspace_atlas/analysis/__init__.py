@@ -11,6 +11,7 @@ from types import ModuleType
 
 MODULES = {
     "spectra": "subspace_atlas.analysis.spectra",
+    "intruders": "subspace_atlas.analysis.intruders",
 }
 
 

@@ -13,7 +13,6 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 
 from subspace_atlas import linalg
 from subspace_atlas.analysis.esd import fit_marchenko_pastur, fit_power_law
-from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.checkpoints import TensorInfo, select_matrices
 
 NAME = "spectra"
 TABLES = ("matrices", "values")
@@ -104,7 +103,7 @@ def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
     done: list[tuple[list[dict], list[pd.DataFrame]]] = []
     pending: deque = deque()
     inflight = 0
-    with _one_thread_each(workers > 1), ThreadPoolExecutor(max_workers=workers) as pool:
+    with linalg.single_threaded(workers > 1), ThreadPoolExecutor(max_workers=workers) as pool:
         for batch in _batches(stream, batch_bytes):
             size = sum(t.numel() * t.element_size() for _, t in batch)
             while pending and (len(pending) >= 8 * workers or inflight + size > _INFLIGHT_BYTES):
@@ -124,18 +123,6 @@ def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
 
 
 _INFLIGHT_BYTES = 64 << 20  # bytes of matrices being decomposed at once; a larger one runs alone
-
-
-@contextmanager
-def _one_thread_each(enabled: bool) -> Iterator[None]:
-    """Run torch single-threaded inside (the pool supplies the parallelism), restoring it after."""
-    previous = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _decompose(batch: list[tuple[TensorInfo, torch.Tensor]], params: Params,
@@ -192,9 +179,4 @@ def _batches(stream: Iterable[tuple[TensorInfo, torch.Tensor]],
         yield batch
 
 
-def select(infos: Iterable[TensorInfo]) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Split tensors into the 2-D floating-point matrices this analysis takes and the rest, skipped."""
-    taken, skipped = [], []
-    for info in infos:
-        (taken if info.is_matrix and info.is_float and min(info.shape) > 0 else skipped).append(info)
-    return taken, skipped
+select = select_matrices

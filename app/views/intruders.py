@@ -1,0 +1,78 @@
+"""Intruder dimensions: new high-ranking singular vectors a fine-tune brings in, compared across fine-tunes."""
+
+import pandas as pd
+import streamlit as st
+
+import charts
+from common import current_store, table
+
+store = current_store()
+st.title("Intruder dimensions")
+st.caption("A fine-tuned matrix's top-k left singular vector is an **intruder** when its largest |cos| with every "
+           "singular vector of the base matrix is below ε (Shuttleworth et al., *LoRA vs Full Fine-tuning: an "
+           "Illusion of Equivalence*; the rule PEFT ships).")
+summary = table(store, "intruders", "summary")
+if summary is None:
+    st.info(f"No intruder results in `{store.root}`. Compute them with "
+            f"`subspace-atlas intruders --base BASE TUNED … --store {store.root}`.")
+    st.stop()
+
+left, mid, right = st.columns([2, 2, 3])
+sides = sorted(summary["side"].unique())
+side = left.selectbox("Side", sides, key="intruders_side",
+                      help="left: columns of U (the paper's choice); right: rows of Vᵀ")
+epsilons = sorted(summary["epsilon"].unique())
+epsilon = mid.selectbox("ε", epsilons, index=epsilons.index(0.5) if 0.5 in epsilons else 0, key="intruders_epsilon")
+kinds = sorted(summary["kind"].unique())
+chosen_kinds = right.multiselect("Kinds", kinds, default=kinds, key="intruders_kinds",
+                                 help="Compare like with like: LoRA adapts only the matrices it targets.")
+view = summary[(summary["side"] == side) & summary["kind"].isin(chosen_kinds)]
+if view.empty:
+    st.warning("No matrices match these filters.")
+    st.stop()
+at_eps = view[view["epsilon"] == epsilon]
+finals = sorted(at_eps.loc[at_eps["run"].isna(), "checkpoint"].unique())
+everything = sorted(at_eps["checkpoint"].unique())
+
+heat, sweep, steps, one, raw = st.tabs(["Layer × kind", "Count vs ε", "Over training", "One matrix", "Table"])
+with heat:
+    ckpt = st.selectbox("Checkpoint", finals or everything, key="intruders_heat_checkpoint")
+    st.plotly_chart(charts.intruder_heatmap(at_eps[at_eps["checkpoint"] == ckpt],
+                                            f"intruders per layer and kind in {ckpt} (ε = {epsilon:g})"),
+                    key="intruder_heatmap")
+with sweep:
+    compare = st.multiselect("Fine-tunes", everything, default=finals or everything[:6], key="intruders_compare")
+    st.plotly_chart(charts.intruders_vs_epsilon(view[view["checkpoint"].isin(compare)]), key="intruders_sweep")
+with steps:
+    st.plotly_chart(charts.intruders_over_steps(at_eps), key="intruders_steps")
+with one:
+    c1, c2, c3 = st.columns([2, 3, 1])
+    ckpt = c1.selectbox("Checkpoint", everything, key="intruders_one_checkpoint")
+    in_ckpt = at_eps[at_eps["checkpoint"] == ckpt].sort_values(["n_intruders", "tensor"], ascending=[False, True])
+    tensor = c2.selectbox("Matrix (most intruders first)", in_ckpt["tensor"].tolist(), key=f"intruders_one_tensor:{ckpt}")
+    lam = c3.slider("λ", 0.0, 1.0, 0.75, 0.05, key="intruders_lambda",
+                    help="Mitigation: intruder singular values are scaled by λ (PEFT's default 0.75)")
+
+    def one_matrix(name):
+        frame = table(store, "intruders", name)
+        return frame[(frame["checkpoint"] == ckpt) & (frame["tensor"] == tensor)]
+
+    vectors = one_matrix("vectors")
+    vectors = vectors[vectors["side"] == side].assign(is_intruder=lambda v: v["max_cos"] < epsilon)
+    similarity = one_matrix("similarity")
+    g1, g2 = st.columns(2)
+    g1.plotly_chart(charts.similarity_matrix(similarity[similarity["side"] == side], vectors), key="similarity")
+    g2.plotly_chart(charts.spectrum_with_intruders(one_matrix("values"), vectors, lam), key="intruder_spectrum")
+    matrix = one_matrix("matrices")
+    if not matrix.empty:
+        row = matrix.iloc[0]
+        st.plotly_chart(charts.mitigation_curve(row), key="mitigation")
+        update = "dense update" if pd.isna(row["lora_rank"]) else f"LoRA rank {int(row['lora_rank'])}"
+        st.caption(f"‖ΔW‖ / ‖W0‖ = {row['rel_update']:.3g} · {row['rows']} × {row['cols']} · {update} · "
+                   f"decomposed by {row['method']}")
+    st.dataframe(vectors[["index", "sigma", "max_cos", "best_match_index", "best_match_sigma", "is_intruder"]],
+                 hide_index=True)
+with raw:
+    st.dataframe(at_eps, hide_index=True)
+    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="intruders.csv",
+                       mime="text/csv", key="intruders_csv")

@@ -1,0 +1,163 @@
+"""PEFT LoRA adapter folders read as weight updates: ΔW = scale · B A, kept in factored form.
+
+An adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``/``.bin``) names its
+targets by module; ``updates()`` maps each target's weight name (``<module>.weight``, without PEFT's
+``base_model.model.`` wrapper) to a ``LoraUpdate`` whose factors are oriented like the base weight
+(GPT-2 Conv1D ``fan_in_fan_out`` and embedding adapters are transposed here, as PEFT merges them).
+Full tensors an adapter stores (``modules_to_save``) come back from ``full_tensors()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from subspace_atlas.checkpoints import Checkpoint, TensorInfo
+from subspace_atlas.errors import AtlasError
+
+CONFIG = "adapter_config.json"
+_WRAPPER = "base_model.model."
+_FACTOR = re.compile(r"^(?P<module>.+)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$")
+_UNSUPPORTED = ("lora_magnitude_vector", "lora_E", "hada_w1", "lokr_w1", "ia3_l")
+
+
+@dataclass(frozen=True)
+class LoraUpdate:
+    """ΔW = scale · left @ right, with ``left`` (m × r) and ``right`` (r × n) oriented like W (m × n)."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.left.shape[0], self.right.shape[1]
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.scale * (self.left.to(dtype) @ self.right.to(dtype))
+
+
+def is_adapter(ckpt: Checkpoint) -> bool:
+    """Whether a checkpoint is a PEFT adapter folder."""
+    return ckpt.path.is_dir() and (ckpt.path / CONFIG).is_file()
+
+
+@dataclass(frozen=True)
+class _Target:
+    weight: str  # the base weight's name, e.g. "bert.encoder.layer.0.attention.self.query.weight"
+    a_key: str
+    b_key: str
+    embedding: bool
+    scale: float
+
+
+class LoraAdapter:
+    """One LoRA adapter checkpoint; factors load lazily, one target at a time."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+        path = ckpt.path / CONFIG
+        try:
+            self.config = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise AtlasError(f"{path}: not a readable adapter config ({err})") from err
+        kind = self.config.get("peft_type", "LORA")
+        if kind != "LORA":
+            raise AtlasError(f"{ckpt.path}: a {kind} adapter; only LoRA adapters (peft_type LORA) can be merged")
+        if self.config.get("use_dora"):
+            raise AtlasError(f"{ckpt.path}: a DoRA adapter; DoRA rescales the columns of W0 + BA by a learned "
+                             "magnitude, which is not merged here (merge it with PEFT and pass the merged model)")
+        self.base_path = self.config.get("base_model_name_or_path")
+        self.fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
+        self._targets, self._full = self._scan()
+
+    def _scan(self) -> tuple[dict[str, _Target], dict[str, str]]:
+        factors: dict[str, dict[str, str]] = {}
+        full: dict[str, str] = {}
+        for info in self.ckpt.tensors():
+            key = info.name
+            if any(f".{marker}" in key for marker in _UNSUPPORTED):
+                raise AtlasError(f"{self.ckpt.path}: tensor {key!r} belongs to an adapter type other than plain "
+                                 "LoRA (DoRA, AdaLoRA, LoHa, LoKr, IA3), which is not merged here")
+            match = _FACTOR.match(key)
+            if match:
+                factors.setdefault(match["module"], {})[match["which"]] = key
+            else:
+                full[key.removeprefix(_WRAPPER)] = key
+        targets = {}
+        for module, pair in factors.items():
+            embedding = "lora_embedding_A" in pair or "lora_embedding_B" in pair
+            a, b = (pair.get("lora_embedding_A"), pair.get("lora_embedding_B")) if embedding else (
+                pair.get("lora_A"), pair.get("lora_B"))
+            if a is None or b is None:
+                raise AtlasError(f"{self.ckpt.path}: module {module!r} has only one of its two LoRA factors")
+            name = module.removeprefix(_WRAPPER)
+            rank = self.ckpt.tensors_by_name()[a].shape[0]
+            targets[f"{name}.weight"] = _Target(f"{name}.weight", a, b, embedding, self._scale(name, rank))
+        if not targets:
+            raise AtlasError(f"{self.ckpt.path}: an adapter folder without LoRA factors (lora_A / lora_B)")
+        return targets, full
+
+    def _scale(self, module: str, stored_rank: int) -> float:
+        """PEFT's scaling: alpha / r, or alpha / sqrt(r) for rsLoRA, with per-module rank/alpha patterns."""
+        rank = _pattern_value(self.config.get("rank_pattern") or {}, module, self.config.get("r", stored_rank))
+        alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config.get("lora_alpha", rank))
+        if rank != stored_rank:
+            raise AtlasError(f"{self.ckpt.path}: module {module!r} stores rank {stored_rank} but the config says "
+                             f"r = {rank}")
+        return alpha / (math.sqrt(rank) if self.config.get("use_rslora") else rank)
+
+    def targets(self) -> list[TensorInfo]:
+        """The weights this adapter updates, with the shape of the base weight it expects."""
+        infos = self.ckpt.tensors_by_name()
+        out = []
+        for target in self._targets.values():
+            a, b = infos[target.a_key], infos[target.b_key]
+            rows, cols = b.shape[0], a.shape[1]
+            if target.embedding or self.fan_in_fan_out:
+                rows, cols = cols, rows
+            out.append(TensorInfo(target.weight, (rows, cols), a.dtype))
+        return out
+
+    def update(self, weight: str) -> LoraUpdate:
+        """The factored update of one target weight, oriented like that weight."""
+        target = self._targets[weight]
+        a, b = self.ckpt.load(target.a_key), self.ckpt.load(target.b_key)
+        if a.shape[0] != b.shape[1]:
+            raise AtlasError(f"{self.ckpt.path}: {weight}: lora_A is {list(a.shape)} but lora_B is {list(b.shape)}")
+        if target.embedding or self.fan_in_fan_out:  # PEFT merges these as (B A)ᵀ = Aᵀ Bᵀ
+            return LoraUpdate(a.T, b.T, target.scale)
+        return LoraUpdate(b, a, target.scale)
+
+    def full_tensors(self) -> list[TensorInfo]:
+        """Tensors the adapter stores whole (``modules_to_save``), named as in the base model."""
+        infos = self.ckpt.tensors_by_name()
+        return [TensorInfo(name, infos[key].shape, infos[key].dtype) for name, key in self._full.items()]
+
+    def load_full(self, name: str) -> torch.Tensor:
+        return self.ckpt.load(self._full[name])
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's per-module override: a key matches when the module name ends with it (as a regex)."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def recorded_base(adapter: LoraAdapter) -> Path | None:
+    """The adapter's recorded base model when that is a folder on this machine (else a hub id: None)."""
+    if not adapter.base_path:
+        return None
+    path = Path(adapter.base_path).expanduser()
+    return path.resolve() if path.exists() else None

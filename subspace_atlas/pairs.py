@@ -1,0 +1,99 @@
+"""Pair a base checkpoint's matrices with their fine-tuned versions, for analyses that compare the two.
+
+A fine-tuned checkpoint is a full state dict (names may carry another prefix: ``bert.encoder…`` vs
+``encoder…``, matched by ``naming.align``) or a PEFT LoRA adapter folder, merged on the fly from its
+factors. Every problem is found here, before any work: a tuned matrix whose shape differs from the
+base's, base matrices the checkpoint lacks, an adapter trained on another base, or nothing to pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from subspace_atlas.adapters import LoraAdapter, LoraUpdate, is_adapter, recorded_base
+from subspace_atlas.checkpoints import Checkpoint, TensorInfo, open_checkpoints, select_matrices
+from subspace_atlas.errors import AtlasError
+from subspace_atlas.naming import align
+from subspace_atlas.svdcache import SvdCache
+
+Loader = Callable[[], "torch.Tensor | LoraUpdate"]
+
+
+@dataclass
+class PairedMatrix:
+    """One base matrix and, for each job comparing with it, a loader of its fine-tuned version."""
+
+    info: TensorInfo  # the base's name, shape and dtype
+    cache_key: str  # the base matrix's content key (identity, name, shape)
+    load_base: Callable[[], torch.Tensor]
+    tuned: list[tuple[int, Loader]]  # (job index, loader of a dense matrix or a LoRA update)
+
+
+def pair_items(jobs: Sequence, matrices_of: Callable) -> list[PairedMatrix]:
+    """Matrix-major work for jobs sharing one base: each base matrix with every job's version of it."""
+    base = jobs[0].base
+    selected = {info.name: info for info in matrices_of(jobs[0], base)}
+    everything = base.tensors_by_name()
+    tuned: dict[str, list[tuple[int, Loader]]] = {name: [] for name in selected}
+    for k, job in enumerate(jobs):
+        found = (_adapter_loaders if is_adapter(job.checkpoint) else _dense_loaders)(job.checkpoint, base, everything,
+                                                                                     selected, job.base_identity)
+        for name, loader in found.items():
+            tuned[name].append((k, loader))
+    items = [PairedMatrix(info, SvdCache.key(jobs[0].base_identity, name, info.shape),
+                          lambda name=name: base.load(name), tuned[name])
+             for name, info in selected.items() if tuned[name]]
+    if not items:
+        raise AtlasError(f"--base {base.path}: none of its selected matrices has a fine-tuned version to compare")
+    return items
+
+
+def _check_shape(ckpt: Checkpoint, name: str, shape: tuple, base: Checkpoint, base_info: TensorInfo) -> None:
+    if tuple(shape) != tuple(base_info.shape):
+        raise AtlasError(f"{ckpt.path}: tensor {name!r} is {list(shape)} but {base_info.name!r} in --base "
+                         f"{base.path} is {list(base_info.shape)}; is this a fine-tune of that base?")
+
+
+def _dense_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, TensorInfo],
+                   selected: dict[str, TensorInfo], base_identity: str) -> dict[str, Loader]:
+    taken, _ = select_matrices(ckpt.tensors())
+    to_base = align(list(everything), [i.name for i in taken])
+    mine = {to_base[i.name]: i for i in reversed(taken) if i.name in to_base}  # first wins on a tie
+    missing = [name for name in selected if name not in mine]
+    if missing:
+        raise AtlasError(f"{ckpt.path}: has no matrix matching {len(missing)} of the {len(selected)} selected in "
+                         f"--base {base.path} (first: {missing[0]!r}); restrict the comparison with --tensors")
+    for name, info in mine.items():
+        if name in selected:
+            _check_shape(ckpt, info.name, info.shape, base, selected[name])
+    return {name: (lambda n=mine[name].name: ckpt.load(n)) for name in selected}
+
+
+def _adapter_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, TensorInfo],
+                     selected: dict[str, TensorInfo], base_identity: str) -> dict[str, Loader]:
+    adapter = LoraAdapter(ckpt)
+    trained_on = recorded_base(adapter)
+    if trained_on is not None and open_checkpoints(trained_on)[0].identity() != base_identity:
+        raise AtlasError(f"{ckpt.path}: this adapter was trained on {trained_on} (adapter_config.json), "
+                         f"which is not --base {base.path}")
+    found: dict[str, Loader] = {}
+    targets = [(info, False, lambda n=info.name: adapter.update(n)) for info in adapter.targets()]
+    whole = [(info, True, lambda n=info.name: adapter.load_full(n))
+             for info in select_matrices(adapter.full_tensors())[0]]
+    to_base = align(list(everything), [info.name for info, _, _ in targets + whole])
+    for info, is_whole, loader in targets + whole:
+        if info.name not in to_base:
+            if is_whole:  # a head the base lacks (e.g. a new classifier): nothing to compare
+                continue
+            raise AtlasError(f"{ckpt.path}: the adapter updates {info.name!r}, which --base {base.path} lacks; "
+                             "is this adapter for that base?")
+        name = to_base[info.name]
+        _check_shape(ckpt, info.name, info.shape, base, everything[name])
+        if name in selected:
+            found[name] = loader
+    if not found:
+        raise AtlasError(f"{ckpt.path}: the adapter updates none of the selected matrices of --base {base.path}")
+    return found
