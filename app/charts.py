@@ -192,10 +192,11 @@ def similarity_matrix(similarity: pd.DataFrame, vectors: pd.DataFrame) -> go.Fig
     grid = similarity.pivot(index="index", columns="base_index", values="cos")
     marks = vectors.set_index("index")["is_intruder"].reindex(grid.index, fill_value=False)
     labels = [f"{i} ⚠" if marks[i] else str(i) for i in grid.index]
-    fig = px.imshow(grid.to_numpy(), x=[str(c) for c in grid.columns], y=labels, zmin=0, zmax=1,
+    fig = px.imshow(grid.to_numpy(), x=list(grid.columns), y=list(grid.index), zmin=0, zmax=1,
                     color_continuous_scale="Blues", aspect="auto",
                     labels={"x": "base singular vector (rank)", "y": "fine-tuned vector (rank; ⚠ intruder)",
                             "color": "|cos|"})
+    fig.update_yaxes(tickmode="array", tickvals=list(grid.index), ticktext=labels)
     fig.update_layout(title="similarity |Uᵀ U0| (intruders have no bright cell anywhere in the base)")
     return fig
 

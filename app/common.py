@@ -34,9 +34,9 @@ def current_store() -> Store:
     return Store(root)
 
 
-@st.cache_data(show_spinner=False)
-def _read(root: str, analysis: str, table: str, version: tuple) -> pd.DataFrame:
-    return Store(root).table(analysis, table)
+@st.cache_data(show_spinner=False, max_entries=64)
+def _read(root: str, analysis: str, table: str, version: tuple, where: tuple = ()) -> pd.DataFrame:
+    return Store(root).table(analysis, table, dict(where))
 
 
 @st.cache_data(show_spinner=False)
@@ -44,11 +44,11 @@ def _jobs(root: str, version: tuple) -> pd.DataFrame:
     return Store(root).jobs()
 
 
-def table(store: Store, analysis: str, name: str) -> pd.DataFrame | None:
-    """A stored table, cached until a job is added to the store; None when there is none."""
+def table(store: Store, analysis: str, name: str, **where) -> pd.DataFrame | None:
+    """A stored table (only rows whose columns equal ``where``), cached until a job is added; None if absent."""
     if not store.parts(analysis, name):
         return None
-    return _read(str(store.root), analysis, name, store.version())
+    return _read(str(store.root), analysis, name, store.version(), tuple(sorted(where.items())))
 
 
 def jobs(store: Store) -> pd.DataFrame:

@@ -96,13 +96,19 @@ class Store:
         done = {p.stem for p in (self.root / analysis / JOBS).glob("*.json")}
         return sorted(p for p in folder.glob("part-*.parquet") if p.stem.removeprefix("part-") in done)
 
-    def table(self, analysis: str, table: str) -> pd.DataFrame:
-        """All stored rows of one table, concatenated."""
+    def table(self, analysis: str, table: str, where: dict[str, object] | None = None) -> pd.DataFrame:
+        """All stored rows of one table, concatenated; ``where`` keeps rows whose columns equal its values.
+
+        Filtering happens while reading (row groups and rows that do not match are never converted),
+        so a dashboard can read one matrix's rows out of a large table cheaply.
+        """
         parts = self.parts(analysis, table)
         if not parts:
             raise AtlasError(f"{self.root}: no {analysis}/{table} results stored")
-        frames = [pq.read_table(p).to_pandas() for p in parts]
-        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        filters = [(column, "==", value) for column, value in (where or {}).items()] or None
+        frames = [pq.read_table(p, filters=filters).to_pandas() for p in parts]
+        kept = [f for f in frames if len(f)] or frames[:1]
+        return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
     def version(self) -> tuple:
         """Changes whenever a job is added or rewritten: a cache key for readers."""

@@ -119,4 +119,4 @@ def test_intruder_figures_draw_what_they_are_given():
     assert [t.name for t in steps.data] == ["r"]
     sim = pd.DataFrame({"index": [0, 0, 1, 1], "base_index": [0, 1, 0, 1], "cos": [0.1, 0.2, 0.9, 0.1]})
     fig = charts.similarity_matrix(sim, vectors.head(2))
-    assert list(fig.data[0].y) == ["0 ⚠", "1"]
+    assert list(fig.layout.yaxis.ticktext) == ["0 ⚠", "1"]

@@ -198,3 +198,13 @@ def test_sigkill_mid_write_leaves_no_visible_part(tmp_path):
                 {"params": {}})
     assert store.has("spectra", "unfinished")
     assert sorted(store.table("spectra", "matrices")["alpha"]) == [2.5, 3.5, 4.0]
+
+
+def test_table_where_keeps_only_matching_rows(tmp_path):
+    store = Store(tmp_path)
+    for fp, ckpt in (("a1", "a"), ("b1", "b")):
+        store.write("x", fp, {"t": pd.DataFrame({"checkpoint": ckpt, "tensor": ["m1", "m2"], "v": [1.0, 2.0]})}, {})
+    got = store.table("x", "t", {"checkpoint": "b", "tensor": "m2"})
+    assert got.to_dict("records") == [{"checkpoint": "b", "tensor": "m2", "v": 2.0}]
+    none = store.table("x", "t", {"checkpoint": "c"})
+    assert none.empty and list(none.columns) == ["checkpoint", "tensor", "v"]

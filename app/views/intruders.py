@@ -24,19 +24,24 @@ side = left.selectbox("Side", sides, key="intruders_side",
 epsilons = sorted(summary["epsilon"].unique())
 epsilon = mid.selectbox("ε", epsilons, index=epsilons.index(0.5) if 0.5 in epsilons else 0, key="intruders_epsilon")
 kinds = sorted(summary["kind"].unique())
-chosen_kinds = right.multiselect("Kinds", kinds, default=kinds, key="intruders_kinds",
-                                 help="Compare like with like: LoRA adapts only the matrices it targets.")
+shared = sorted(set.intersection(*(set(f["kind"]) for _, f in summary.groupby("checkpoint"))))
+chosen_kinds = right.multiselect("Kinds", kinds, default=shared or kinds, key="intruders_kinds",
+                                 help="Starts with the kinds every checkpoint has, so fine-tunes are compared like "
+                                      "with like (a LoRA adapter holds only the matrices it targets).")
 view = summary[(summary["side"] == side) & summary["kind"].isin(chosen_kinds)]
 if view.empty:
     st.warning("No matrices match these filters.")
     st.stop()
 at_eps = view[view["epsilon"] == epsilon]
+counts = at_eps.groupby("checkpoint")["n_intruders"].sum()
 finals = sorted(at_eps.loc[at_eps["run"].isna(), "checkpoint"].unique())
 everything = sorted(at_eps["checkpoint"].unique())
+most_first = sorted(finals or everything, key=lambda c: (-counts[c], c))
 
 heat, sweep, steps, one, raw = st.tabs(["Layer × kind", "Count vs ε", "Over training", "One matrix", "Table"])
 with heat:
-    ckpt = st.selectbox("Checkpoint", finals or everything, key="intruders_heat_checkpoint")
+    ckpt = st.selectbox("Checkpoint (most intruders first)", most_first, key="intruders_heat_checkpoint",
+                        format_func=lambda c: f"{c} ({counts[c]} intruders)")
     st.plotly_chart(charts.intruder_heatmap(at_eps[at_eps["checkpoint"] == ckpt],
                                             f"intruders per layer and kind in {ckpt} (ε = {epsilon:g})"),
                     key="intruder_heatmap")
@@ -47,15 +52,15 @@ with steps:
     st.plotly_chart(charts.intruders_over_steps(at_eps), key="intruders_steps")
 with one:
     c1, c2, c3 = st.columns([2, 3, 1])
-    ckpt = c1.selectbox("Checkpoint", everything, key="intruders_one_checkpoint")
+    ckpt = c1.selectbox("Checkpoint", most_first + [c for c in everything if c not in most_first],
+                        key="intruders_one_checkpoint")
     in_ckpt = at_eps[at_eps["checkpoint"] == ckpt].sort_values(["n_intruders", "tensor"], ascending=[False, True])
     tensor = c2.selectbox("Matrix (most intruders first)", in_ckpt["tensor"].tolist(), key=f"intruders_one_tensor:{ckpt}")
     lam = c3.slider("λ", 0.0, 1.0, 0.75, 0.05, key="intruders_lambda",
                     help="Mitigation: intruder singular values are scaled by λ (PEFT's default 0.75)")
 
     def one_matrix(name):
-        frame = table(store, "intruders", name)
-        return frame[(frame["checkpoint"] == ckpt) & (frame["tensor"] == tensor)]
+        return table(store, "intruders", name, checkpoint=ckpt, tensor=tensor)
 
     vectors = one_matrix("vectors")
     vectors = vectors[vectors["side"] == side].assign(is_intruder=lambda v: v["max_cos"] < epsilon)
