@@ -26,6 +26,10 @@ def _add_params(parser: argparse.ArgumentParser, params_cls: type) -> None:
         kind = type(f.default)
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         shown = f.default
+        if isinstance(f.default, bool):  # --rank / --no-rank
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", default=f.default,
+                               action=argparse.BooleanOptionalAction, help=f.metadata.get("help", ""))
+            continue
         if isinstance(f.default, tuple):  # one value or several
             kind, shown = type(f.default[0]), " ".join(map(str, f.default))
             extra["nargs"] = "+"
@@ -107,9 +111,9 @@ def _run_analysis(args: argparse.Namespace) -> int:
     batch = None if args.batch_mb is None else args.batch_mb << 20
     outcome = jobs.run(planned, store, device, batch, force=args.force)
     if not outcome.computed:
-        print(f"{module.NAME}: all {len(planned)} checkpoint(s) already in {store.root}; computed nothing")
+        print(f"{module.NAME}: all {len(planned)} job(s) already in {store.root}; computed nothing")
     else:
-        print(f"{module.NAME}: computed {len(outcome.computed)} checkpoint(s), {outcome.matrices} matrices "
+        print(f"{module.NAME}: computed {len(outcome.computed)} job(s), {outcome.matrices} matrices "
               f"in {outcome.seconds:.2f} s on {device}; {len(outcome.skipped)} already stored → {store.root}")
     return 0
 

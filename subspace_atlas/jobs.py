@@ -5,6 +5,9 @@ analysis, params, the checkpoint's content identity, the tensor selection and th
 A paired analysis (``PAIRED = True``: intruders, sparsity …) compares each checkpoint with a base;
 the base's identity joins the fingerprint, and all jobs sharing a base run matrix by matrix
 (``pairs``), so each base matrix is read and decomposed once however many checkpoints it meets.
+A paired analysis with ``CROSS_TABLES`` also compares fine-tunes with each other: every two
+checkpoints of a plan get a cross job of their own (its rows: those tables), so adding a checkpoint
+later computes only its new pairs.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Job:
     fingerprint: str
     base: Checkpoint | None = None  # what a paired analysis compares the checkpoint with
     base_identity: str | None = None
+    other: Checkpoint | None = None  # a cross job's second checkpoint
 
 
 @dataclass
@@ -69,6 +73,16 @@ def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, 
             inputs |= {"base": base_identity, "base_name": base.name}
         jobs.append(Job(module, ckpt, params, tensors, identity,
                         fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity))
+    if getattr(module, "CROSS_TABLES", ()):
+        singles = list(jobs)
+        for i, a in enumerate(singles):
+            for b in singles[i + 1:]:
+                inputs = {"a": a.identity, "b": b.identity, "names": [a.checkpoint.name, b.checkpoint.name],
+                          "steps": [a.checkpoint.step, b.checkpoint.step], "runs": [a.checkpoint.run, b.checkpoint.run],
+                          "tensors": tensors, "base": base_identity, "base_name": base.name, "cross": True}
+                jobs.append(Job(module, a.checkpoint, params, tensors, a.identity,
+                                fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity,
+                                other=b.checkpoint))
     return jobs
 
 
@@ -139,28 +153,47 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
     for job in todo:
         groups.setdefault(job.base_identity, []).append(job)
     for group in groups.values():
-        items = pair_items(group, matrices_of)
+        module, base = group[0].module, group[0].base
+        cross_tables = getattr(module, "CROSS_TABLES", ())
+        checkpoints: dict[tuple[str, str], int] = {}  # (path, name) → index in the matrix-major work
+        for job in group:
+            for ckpt in (job.checkpoint, job.other):
+                if ckpt is not None:
+                    checkpoints.setdefault((str(ckpt.path), ckpt.name), len(checkpoints))
+        by_index = {k: ckpt for job in group for ckpt in (job.checkpoint, job.other) if ckpt is not None
+                    for k in [checkpoints[(str(ckpt.path), ckpt.name)]]}
+        index = {id(c): checkpoints[(str(c.path), c.name)] for job in group for c in (job.checkpoint, job.other)
+                 if c is not None}
+        items = pair_items(group[0], [by_index[k] for k in range(len(by_index))], matrices_of)
+        crosses = sorted({(index[id(j.checkpoint)], index[id(j.other)]) for j in group if j.other is not None})
         total = sum(len(item.tuned) for item in items)
-        module = group[0].module
         t0 = time.perf_counter()
+        extra = {"pairs": crosses} if cross_tables else {}
         with tqdm(total=total, unit="pair", disable=None, file=sys.stderr, leave=False,
-                  desc=f"{module.NAME} vs {group[0].base.name}") as bar:
+                  desc=f"{module.NAME} vs {base.name}") as bar:
             tables = module.compute(items, group[0].params, device, batch_bytes, cache=SvdCache(default_root()),
-                                    progress=bar.update)
+                                    progress=bar.update, **extra)
         wall = time.perf_counter() - t0
-        for k, job in enumerate(group):
-            mine = {name: _label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
-                                 job.checkpoint, job.base)
-                    for name, frame in tables.items()}
-            problem = module.validate(mine["matrices"]) if hasattr(module, "validate") else None
+        for job in group:
+            if job.other is None:
+                k = index[id(job.checkpoint)]
+                mine = {name: _label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
+                                     job.checkpoint, base)
+                        for name, frame in tables.items() if name not in cross_tables}
+                problem = module.validate(mine["matrices"]) if hasattr(module, "validate") else None
+                n = sum(1 for item in items for j, _ in item.tuned if j == k)
+            else:
+                a, b = index[id(job.checkpoint)], index[id(job.other)]
+                mine = {name: _label_cross(frame[(frame["a"] == a) & (frame["b"] == b)].drop(columns=["a", "b"])
+                                           .reset_index(drop=True), job.checkpoint, job.other, base)
+                        for name, frame in tables.items() if name in cross_tables}
+                problem, n = None, 0
             if problem:
-                problems.append(f"{job.checkpoint.path} vs --base {job.base.path}: {problem}")
+                problems.append(f"{job.checkpoint.path} vs --base {base.path}: {problem}")
                 continue
-            n = sum(1 for item in items for j, _ in item.tuned if j == k)
             store.write(module.NAME, job.fingerprint, mine, _provenance(job, device, wall / len(group), n))
             count += n
-        log(f"{module.NAME}: {len(group)} checkpoint(s) vs {group[0].base.name}: {total} matrix pairs "
-            f"in {wall:.2f} s")
+        log(f"{module.NAME}: {len(group)} job(s) vs {base.name}: {total} matrix pairs in {wall:.2f} s")
     if problems:
         raise AtlasError("; ".join(problems))
     return Outcome(todo, skipped, count, time.perf_counter() - start)
@@ -205,6 +238,17 @@ def _label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None
     return pd.concat([out, frame.drop(columns=[c for c in out.columns if c in frame])], axis=1)
 
 
+def _label_cross(frame: pd.DataFrame, a: Checkpoint, b: Checkpoint, base: Checkpoint) -> pd.DataFrame:
+    """Prefix a cross table (two fine-tunes of one base) with both checkpoints' columns, layer and kind."""
+    labelled = _label(frame, a, base).rename(columns={"checkpoint": "checkpoint_a", "checkpoint_path": "path_a",
+                                                      "run": "run_a", "step": "step_a"})
+    labelled.insert(2, "checkpoint_b", b.name)
+    labelled.insert(4, "path_b", str(b.path))
+    labelled.insert(6, "run_b", b.run)
+    labelled.insert(8, "step_b", pd.array([b.step] * len(frame), dtype="Int64"))
+    return labelled
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -225,7 +269,8 @@ def _provenance(job: Job, device: torch.device, wall: float, matrices: int) -> d
                    "identity": job.identity, "step": job.checkpoint.step,
                    "run": job.checkpoint.run, "tensors": job.tensors}
                   | ({"base": job.base.name, "base_path": str(job.base.path), "base_identity": job.base_identity}
-                     if job.base is not None else {}),
+                     if job.base is not None else {})
+                  | ({"other": job.other.name, "other_path": str(job.other.path)} if job.other is not None else {}),
         "versions": {"subspace_atlas": subspace_atlas.__version__, "torch": torch.__version__,
                      "numpy": numpy.__version__, "pandas": pd.__version__,
                      "safetensors": safetensors.__version__, "python": platform.python_version()},

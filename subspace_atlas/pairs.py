@@ -32,18 +32,25 @@ class PairedMatrix:
     tuned: list[tuple[int, Loader]]  # (job index, loader of a dense matrix or a LoRA update)
 
 
-def pair_items(jobs: Sequence, matrices_of: Callable) -> list[PairedMatrix]:
-    """Matrix-major work for jobs sharing one base: each base matrix with every job's version of it."""
-    base = jobs[0].base
-    selected = {info.name: info for info in matrices_of(jobs[0], base)}
+def pair_items(job, checkpoints: Sequence[Checkpoint], matrices_of: Callable) -> list[PairedMatrix]:
+    """Matrix-major work for checkpoints sharing ``job``'s base: each base matrix with every checkpoint's version.
+
+    ``job`` supplies the base and the tensor selection; a loader's index is the checkpoint's position.
+    """
+    base = job.base
+    selected = {info.name: info for info in matrices_of(job, base)}
     everything = base.tensors_by_name()
+    same_dtype = getattr(job.module, "SAME_DTYPE", False)
     tuned: dict[str, list[tuple[int, Loader]]] = {name: [] for name in selected}
-    for k, job in enumerate(jobs):
-        found = (_adapter_loaders if is_adapter(job.checkpoint) else _dense_loaders)(job.checkpoint, base, everything,
-                                                                                     selected, job.base_identity)
+    for k, ckpt in enumerate(checkpoints):
+        if is_adapter(ckpt) and same_dtype:
+            raise AtlasError(f"{ckpt.path}: a LoRA adapter folder; {job.module.NAME} compares stored weights entry "
+                             "by entry, so merge the adapter (PEFT merge_and_unload) and pass the merged model")
+        found = (_adapter_loaders if is_adapter(ckpt) else _dense_loaders)(ckpt, base, everything, selected,
+                                                                           job.base_identity, same_dtype)
         for name, loader in found.items():
             tuned[name].append((k, loader))
-    items = [PairedMatrix(info, SvdCache.key(jobs[0].base_identity, name, info.shape),
+    items = [PairedMatrix(info, SvdCache.key(job.base_identity, name, info.shape),
                           lambda name=name: base.load(name), tuned[name])
              for name, info in selected.items() if tuned[name]]
     if not items:
@@ -51,14 +58,19 @@ def pair_items(jobs: Sequence, matrices_of: Callable) -> list[PairedMatrix]:
     return items
 
 
-def _check_shape(ckpt: Checkpoint, name: str, shape: tuple, base: Checkpoint, base_info: TensorInfo) -> None:
-    if tuple(shape) != tuple(base_info.shape):
-        raise AtlasError(f"{ckpt.path}: tensor {name!r} is {list(shape)} but {base_info.name!r} in --base "
+def _check_shape(ckpt: Checkpoint, info: TensorInfo, base: Checkpoint, base_info: TensorInfo,
+                 same_dtype: bool = False) -> None:
+    if tuple(info.shape) != tuple(base_info.shape):
+        raise AtlasError(f"{ckpt.path}: tensor {info.name!r} is {list(info.shape)} but {base_info.name!r} in --base "
                          f"{base.path} is {list(base_info.shape)}; is this a fine-tune of that base?")
+    if same_dtype and info.dtype != base_info.dtype:
+        raise AtlasError(f"{ckpt.path}: tensor {info.name!r} is stored as {info.dtype} but {base_info.name!r} in "
+                         f"--base {base.path} as {base_info.dtype}; an entry-by-entry comparison needs one dtype "
+                         "(a cast alone would change every entry)")
 
 
 def _dense_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, TensorInfo],
-                   selected: dict[str, TensorInfo], base_identity: str) -> dict[str, Loader]:
+                   selected: dict[str, TensorInfo], base_identity: str, same_dtype: bool) -> dict[str, Loader]:
     taken, _ = select_matrices(ckpt.tensors())
     to_base = align(list(everything), [i.name for i in taken])
     mine = {to_base[i.name]: i for i in reversed(taken) if i.name in to_base}  # first wins on a tie
@@ -68,12 +80,12 @@ def _dense_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, Ten
                          f"--base {base.path} (first: {missing[0]!r}); restrict the comparison with --tensors")
     for name, info in mine.items():
         if name in selected:
-            _check_shape(ckpt, info.name, info.shape, base, selected[name])
+            _check_shape(ckpt, info, base, selected[name], same_dtype)
     return {name: (lambda n=mine[name].name: ckpt.load(n)) for name in selected}
 
 
 def _adapter_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, TensorInfo],
-                     selected: dict[str, TensorInfo], base_identity: str) -> dict[str, Loader]:
+                     selected: dict[str, TensorInfo], base_identity: str, same_dtype: bool) -> dict[str, Loader]:
     adapter = LoraAdapter(ckpt)
     trained_on = recorded_base(adapter)
     if trained_on is not None and open_checkpoints(trained_on)[0].identity() != base_identity:
@@ -91,7 +103,7 @@ def _adapter_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, T
             raise AtlasError(f"{ckpt.path}: the adapter updates {info.name!r}, which --base {base.path} lacks; "
                              "is this adapter for that base?")
         name = to_base[info.name]
-        _check_shape(ckpt, info.name, info.shape, base, everything[name])
+        _check_shape(ckpt, info, base, everything[name])
         if name in selected:
             found[name] = loader
     if not found:

@@ -79,7 +79,7 @@ def test_spectra_on_a_run_folder_then_info(tmp_path, capsys):
     store_dir = tmp_path / "S"
     rc, out, err = cli(capsys, "spectra", run, "--store", store_dir, "--device", "cpu")
     assert rc == 0, err
-    assert out.startswith("spectra: computed 2 checkpoint(s), 20 matrices in ")
+    assert out.startswith("spectra: computed 2 job(s), 20 matrices in ")
     assert "0 already stored" in out
 
     store = Store(store_dir)
@@ -163,12 +163,12 @@ def test_rerun_skips_and_force_recomputes(tmp_path, capsys):
 
     rc, out, _ = cli(capsys, *args)
     assert rc == 0
-    assert out.strip() == f"spectra: all 2 checkpoint(s) already in {store_dir}; computed nothing"
+    assert out.strip() == f"spectra: all 2 job(s) already in {store_dir}; computed nothing"
     assert snapshot(store_dir) == first  # same bytes, same mtimes, same inodes: nothing rewritten
 
     rc, out, _ = cli(capsys, *args, "--force")
     assert rc == 0
-    assert out.startswith("spectra: computed 2 checkpoint(s), 20 matrices")
+    assert out.startswith("spectra: computed 2 job(s), 20 matrices")
     forced = snapshot(store_dir)
     assert forced.keys() == first.keys()
     for key in first:
@@ -185,13 +185,13 @@ def test_new_checkpoint_or_new_params_compute_only_what_is_missing(tmp_path, cap
     toy.write_hf_folder(run / "checkpoint-1500", model_state(1500))
     rc, out, _ = cli(capsys, "spectra", run, "--store", store_dir, "--device", "cpu")
     assert rc == 0
-    assert out.startswith("spectra: computed 1 checkpoint(s), 10 matrices") and "2 already stored" in out
+    assert out.startswith("spectra: computed 1 job(s), 10 matrices") and "2 already stored" in out
     steps = Store(store_dir).table("spectra", "matrices").groupby("step").size().to_dict()
     assert steps == {500: 10, 1000: 10, 1500: 10}
 
     rc, out, _ = cli(capsys, "spectra", run / "checkpoint-500", "--store", store_dir, "--device", "cpu",
                      "--tensors", r"q_proj|c_attn")
-    assert rc == 0 and out.startswith("spectra: computed 1 checkpoint(s), 2 matrices")
+    assert rc == 0 and out.startswith("spectra: computed 1 job(s), 2 matrices")
     assert len(Store(store_dir).jobs("spectra")) == 4
 
 
@@ -395,7 +395,7 @@ def test_identical_final_model_and_last_checkpoint_both_stored(tmp_path, capsys)
     store_dir = tmp_path / "S"
     rc, out, err = cli(capsys, "spectra", run, "--store", store_dir, "--device", "cpu")
     assert rc == 0, err
-    assert out.startswith("spectra: computed 3 checkpoint(s), 30 matrices")
+    assert out.startswith("spectra: computed 3 job(s), 30 matrices")
     matrices = Store(store_dir).table("spectra", "matrices")
     assert matrices.groupby("checkpoint").size().to_dict() == {
         "run/checkpoint-500": 10, "run/checkpoint-1000": 10, "run/final": 10}

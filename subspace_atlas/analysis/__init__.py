@@ -12,6 +12,7 @@ from types import ModuleType
 MODULES = {
     "spectra": "subspace_atlas.analysis.spectra",
     "intruders": "subspace_atlas.analysis.intruders",
+    "sparsity": "subspace_atlas.analysis.sparsity",
 }
 
 
