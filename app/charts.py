@@ -32,17 +32,22 @@ def _empty(message: str) -> go.Figure:
     return fig
 
 
+def _layer_kind_grid(grid: pd.DataFrame, title: str, color: str, scale: str, text: str, **zrange) -> go.Figure:
+    """A kind × layer heatmap with every layer labelled and the values written in the cells."""
+    fig = px.imshow(grid, aspect="auto", color_continuous_scale=scale, text_auto=text,
+                    labels={"x": "layer", "y": "kind", "color": color}, **zrange)
+    fig.update_xaxes(type="category")
+    fig.update_layout(title=title, margin={"t": 50})
+    return fig
+
+
 def layer_kind_heatmap(matrices: pd.DataFrame, metric: str) -> go.Figure:
     """Layer × kind heatmap of one metric (mean when several matrices share a cell)."""
     rows = matrices.dropna(subset=["layer"])
     if rows.empty or rows[metric].isna().all():
         return _empty(f"no per-layer values of {metric}")
     grid = rows.pivot_table(index="kind", columns="layer", values=metric, aggfunc="mean")
-    fig = px.imshow(grid, aspect="auto", color_continuous_scale="Viridis",
-                    labels={"x": "layer", "y": "kind", "color": metric}, text_auto=".2f")
-    fig.update_xaxes(type="category")
-    fig.update_layout(title=f"{metric} by layer and kind", margin={"t": 50})
-    return fig
+    return _layer_kind_grid(grid, f"{metric} by layer and kind", metric, "Viridis", ".2f")
 
 
 def metric_by_layer(matrices: pd.DataFrame, metric: str) -> go.Figure:
@@ -155,11 +160,7 @@ def intruder_heatmap(summary: pd.DataFrame, title: str) -> go.Figure:
         return _empty("no per-layer matrices")
     grid = rows.pivot_table(index="kind", columns="layer", values="n_intruders", aggfunc="sum")
     top_k = int(rows["top_k"].max())
-    fig = px.imshow(grid, aspect="auto", color_continuous_scale="Reds", zmin=0, zmax=max(1, top_k),
-                    labels={"x": "layer", "y": "kind", "color": "intruders"}, text_auto="d")
-    fig.update_xaxes(type="category")
-    fig.update_layout(title=title, margin={"t": 50})
-    return fig
+    return _layer_kind_grid(grid, title, "intruders", "Reds", "d", zmin=0, zmax=max(1, top_k))
 
 
 def intruders_vs_epsilon(summary: pd.DataFrame) -> go.Figure:
@@ -250,4 +251,84 @@ def mitigation_curve(matrix: pd.Series) -> go.Figure:
     fig.add_vline(x=matrix["mitigation_lambda"], line={"dash": "dot", "color": "gray"}, annotation_text="stored λ")
     fig.update_layout(title="mitigation W′ = W + (λ − 1)·Σ_intruders s u vᵀ", xaxis_title="λ",
                       yaxis_title="relative Frobenius distance")
+    return fig
+
+
+# ---------------------------------------------------------------- update sparsity
+
+SPARSITY_DEFINITIONS: dict[str, str] = {
+    "exact": "bit-for-bit equal in the stored dtype (the RL-subnetwork paper's count)",
+    "atol": "|tuned − base| ≤ atol in float32",
+    "ulp": "at most n representable values apart in the stored dtype",
+}
+
+
+def weighted_unchanged(matrices: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Unchanged fraction of every definition over groups of matrices, weighted by entries (not a mean of fractions)."""
+    cols = [f"unchanged_{d}" for d in SPARSITY_DEFINITIONS]
+    weighted = matrices[cols].mul(matrices["numel"], axis=0).assign(numel=matrices["numel"])
+    weighted[by] = matrices[by]
+    total = weighted.groupby(by, as_index=False, dropna=False).sum()
+    total[cols] = total[cols].div(total["numel"], axis=0)
+    return total
+
+
+def sparsity_heatmap(matrices: pd.DataFrame, definition: str, title: str) -> go.Figure:
+    """Layer × kind: the share of entries a fine-tune left unchanged (one checkpoint, one definition)."""
+    rows = matrices.dropna(subset=["layer"])
+    if rows.empty:
+        return _empty("no per-layer matrices")
+    grid = weighted_unchanged(rows, ["kind", "layer"]).pivot(index="kind", columns="layer",
+                                                             values=f"unchanged_{definition}")
+    return _layer_kind_grid(grid, title, "unchanged", "Greens", ".2f", zmin=0, zmax=1)
+
+
+def sparsity_by_checkpoint(matrices: pd.DataFrame) -> go.Figure:
+    """Whole-model unchanged share per checkpoint, one bar per definition: RL vs SFT, and what bf16 hides."""
+    if matrices.empty:
+        return _empty("no matrices")
+    total = weighted_unchanged(matrices, ["checkpoint"])
+    fig = go.Figure([go.Bar(x=total["checkpoint"], y=total[f"unchanged_{d}"], name=d,
+                            hovertemplate="%{x}<br>%{y:.1%} unchanged<extra>" + d + "</extra>")
+                     for d in SPARSITY_DEFINITIONS])
+    fig.update_layout(barmode="group", title="share of parameters left unchanged (whole model, by entries)",
+                      yaxis_tickformat=".0%", yaxis_range=[0, 1], legend_title_text="unchanged when")
+    return fig
+
+
+def sparsity_over_steps(matrices: pd.DataFrame, definition: str) -> go.Figure:
+    """For runs: whole-model unchanged share against training step."""
+    rows = matrices.dropna(subset=["step", "run"])
+    if rows.empty:
+        return _empty("no runs with checkpoints")
+    total = weighted_unchanged(rows, ["run", "step"]).sort_values("step")
+    fig = px.line(total, x="step", y=f"unchanged_{definition}", color="run", markers=True)
+    fig.update_layout(title=f"unchanged share over training ({definition})", yaxis_tickformat=".0%",
+                      yaxis_title="unchanged")
+    return fig
+
+
+def overlap_vs_chance(overlap: pd.DataFrame) -> go.Figure:
+    """Per matrix and pair of fine-tunes: Jaccard of their changed-masks against independent masks' expectation."""
+    if overlap.empty:
+        return _empty("no pairs of fine-tunes")
+    pair = overlap["checkpoint_a"] + " ∩ " + overlap["checkpoint_b"]
+    fig = px.scatter(overlap.assign(pair=pair), x="jaccard_chance", y="jaccard", color="pair",
+                     hover_data=["tensor", "changed_a", "changed_b", "overlap_coef"])
+    lo = float(min(overlap["jaccard_chance"].min(), overlap["jaccard"].min()))
+    fig.add_trace(go.Scatter(x=[lo, 1], y=[lo, 1], mode="lines", name="chance (independent masks)",
+                             line={"dash": "dash", "color": "gray"}))
+    fig.update_layout(title="subnetwork overlap: above the diagonal = more shared than chance",
+                      xaxis_title="Jaccard expected by chance, pq / (p + q − pq)", yaxis_title="Jaccard")
+    return fig
+
+
+def update_rank_by_layer(matrices: pd.DataFrame) -> go.Figure:
+    """Update rank / min(m, n) across layers, per checkpoint and kind."""
+    rows = matrices.dropna(subset=["layer", "rank_ratio"]).sort_values("layer")
+    if rows.empty:
+        return _empty("no update ranks stored (computed without --rank?)")
+    fig = px.line(rows, x="layer", y="rank_ratio", color="checkpoint", line_dash="kind", markers=True,
+                  hover_data=["tensor", "update_rank"])
+    fig.update_layout(title="numerical rank of ΔW / min(m, n)", yaxis_range=[0, 1.05])
     return fig

@@ -58,3 +58,12 @@ def jobs(store: Store) -> pd.DataFrame:
         return frame
     inputs = pd.json_normalize(frame["inputs"].tolist())
     return pd.concat([frame.drop(columns=["inputs"]), inputs], axis=1)
+
+
+def table_or_stop(store: Store, analysis: str, name: str, what: str, command: str) -> pd.DataFrame:
+    """A stored table, or an explanation of how to compute it and the end of the page."""
+    frame = table(store, analysis, name)
+    if frame is None:
+        st.info(f"No {what} in `{store.root}`. Compute them with `{command} --store {store.root}`.")
+        st.stop()
+    return frame

@@ -430,7 +430,7 @@ def main() -> int:
         t = time.perf_counter()
         fn()
         first[key] = time.perf_counter() - t
-    print(f"warm-up (first call) s: " + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
+    print("warm-up (first call) s: " + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
     load_before = load_average()
     for _ in range(args.reps):
         for key, fn in fns.items():

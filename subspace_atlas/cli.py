@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                                if getattr(module, "PAIRED", False) else ""))
         if getattr(module, "PAIRED", False):
             p.add_argument("--base", required=True, metavar="CKPT", help="the pretrained checkpoint they start from")
+        if getattr(module, "CROSS_TABLES", ()):
+            p.add_argument("--no-overlap", action="store_true",
+                           help=f"skip the {', '.join(module.CROSS_TABLES)} table(s) comparing every two checkpoints")
         _add_common(p)
         _add_params(p, module.Params)
         p.set_defaults(handler=_run_analysis, analysis=name)
@@ -104,7 +107,8 @@ def _run_analysis(args: argparse.Namespace) -> int:
         if len(found) != 1:
             raise AtlasError(f"--base {args.base}: a run folder of {len(found)} checkpoints; give one checkpoint")
         base = found[0]
-    planned = jobs.plan(module, checkpoints, params, args.tensors, base=base)
+    planned = jobs.plan(module, checkpoints, params, args.tensors, base=base,
+                        cross=not getattr(args, "no_overlap", False))
     store = Store(args.store)
     if store.root.exists() and not store.root.is_dir():
         raise AtlasError(f"--store {store.root}: exists and is not a folder")

@@ -8,6 +8,9 @@
    continual run's checkpoints, and over the pretraining run's checkpoints.
 4. Intruder dimensions of every fine-tune against the base: its merged final model, and every
    checkpoint of its run (LoRA checkpoints are adapter folders, merged on the fly).
+5. Update sparsity of the RL (two seeds) and SFT runs of the pretrained GPT-2: their final bf16
+   checkpoints against the bf16 base, with the overlap of every two; every checkpoint of each run;
+   and the float32 finals against the float32 base (what bf16 storage hides).
 
 Later analyses add their jobs here, so one command rebuilds everything the demo shows.
 """
@@ -42,7 +45,7 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
     base = open_checkpoints(minilm_path(), name=zoo.BASE_NAME)[0]
     planned_pairs = jobs.plan(intruders, fine_tunes(root, manifest), intruders.Params(), base=base)
     computed = skipped = 0
-    for batch in (planned, planned_pairs):
+    for batch in (planned, planned_pairs, *sparsity_plans(root, manifest)):
         outcome = jobs.run(batch, target, device_)
         computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
     print(f"demo: {computed} job(s) computed, {skipped} already stored → {target.root}", file=sys.stderr)
@@ -70,6 +73,24 @@ def fine_tunes(root: Path, manifest: dict) -> list[Checkpoint]:
     return found
 
 
+def sparsity_plans(root: Path, manifest: dict) -> list[list[jobs.Job]]:
+    """RL and SFT runs against their base: finals in bf16 (with overlaps), runs over training, finals in fp32."""
+    runs = [r for r in manifest["runs"] if r["kind"] in ("rl", "sft")]
+    cast = next((r for r in manifest["runs"] if r["kind"] == "cast"), None)
+    if not runs or cast is None:
+        return []
+    sparsity = analysis.get("sparsity")
+    params = sparsity.Params()
+    base16 = open_checkpoints(root / cast["path"], name=f"{zoo.BF16_BASE}")[0]
+    base32 = open_checkpoints(zoo.pretrained_model(root), name=f"{zoo.PRETRAIN_NAME} (fp32)")[0]
+    finals = [c for r in runs for c in open_checkpoints(root / r["checkpoints"][-1]["path"], name=r["name"])]
+    over_training = [c for r in runs for c in open_checkpoints(root / r["path"], name=r["name"])]
+    fp32 = [c for r in runs for c in open_checkpoints(root / r["final_fp32"], name=f"{r['name']} (fp32)")]
+    return [jobs.plan(sparsity, finals, params, base=base16),
+            jobs.plan(sparsity, over_training, params, base=base16, cross=False),
+            jobs.plan(sparsity, fp32, params, base=base32)]
+
+
 def zoo_tables(manifest: dict) -> dict[str, pd.DataFrame]:
     """The manifest as tidy tables: one row per run and task with its final metrics; loss curves."""
     rows, curves = [], []
@@ -77,6 +98,13 @@ def zoo_tables(manifest: dict) -> dict[str, pd.DataFrame]:
         common = {"run": run["name"], "kind": run["kind"], "method": run["method"], "rank": run["rank"],
                   "checkpoints": len(run["checkpoints"]), "seconds": run["seconds"],
                   "description": run["description"]}
+        if run["kind"] == "cast":
+            continue
+        if run["kind"] in ("rl", "sft"):
+            metrics = run["metrics"]
+            rows.append({**common, "task": "python line completion (valid syntax)",
+                         **{k: metrics[k] for k in ("initial_heldout_reward", "heldout_reward")}})
+            continue
         if run["kind"] == "pretrain":
             metrics = run["metrics"]
             rows.append({**common, "task": "stdlib language modelling",

@@ -56,8 +56,11 @@ class Outcome:
 
 
 def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
-         base: Checkpoint | None = None) -> list[Job]:
-    """One job per checkpoint, fingerprinted (reads file headers and a few sampled bytes only)."""
+         base: Checkpoint | None = None, cross: bool = True) -> list[Job]:
+    """One job per checkpoint, fingerprinted (reads file headers and a few sampled bytes only).
+
+    For a module with ``CROSS_TABLES``, also one job per two checkpoints unless ``cross`` is False.
+    """
     paired = getattr(module, "PAIRED", False)
     if paired and base is None:
         raise AtlasError(f"{module.NAME} compares checkpoints with a base model: give --base CKPT")
@@ -73,7 +76,7 @@ def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, 
             inputs |= {"base": base_identity, "base_name": base.name}
         jobs.append(Job(module, ckpt, params, tensors, identity,
                         fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity))
-    if getattr(module, "CROSS_TABLES", ()):
+    if cross and getattr(module, "CROSS_TABLES", ()):
         singles = list(jobs)
         for i, a in enumerate(singles):
             for b in singles[i + 1:]:

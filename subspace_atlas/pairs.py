@@ -19,7 +19,7 @@ from subspace_atlas.errors import AtlasError
 from subspace_atlas.naming import align
 from subspace_atlas.svdcache import SvdCache
 
-Loader = Callable[[], "torch.Tensor | LoraUpdate"]
+Loader = Callable[[], torch.Tensor | LoraUpdate]
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_overview_opens_on_the_demo_store(monkeypatch):
     assert any("demo-store" in c.value for c in at.caption)
     assert len(_charts(at)) == 3  # zoo accuracy, pretraining loss curve, stored jobs
     runs = at.dataframe[0].value
-    assert set(runs["run"]) == {spec.name for spec in zoo.plan()}
+    assert set(runs["run"]) == {spec.name for spec in zoo.plan() if spec.kind != "cast"}
     tuned = runs.dropna(subset=["heldout_accuracy"])
     assert (tuned["heldout_accuracy"] > tuned["chance_accuracy"] + 0.2).all(), "every demo fine-tune learned"
     assert "all-MiniLM-L6-v2" in set(at.dataframe[1].value["checkpoint"])
@@ -92,7 +92,7 @@ def test_spectra_page_on_demo_shows_base_fine_tunes_and_pretraining(monkeypatch)
     assert not at.exception
     assert len(_charts(at)) == 5
     shown = set(at.dataframe[0].value["checkpoint"])
-    fine_tunes = {spec.name for spec in zoo.plan() if spec.kind != "pretrain"}
+    fine_tunes = {spec.name for spec in zoo.plan() if spec.kind in ("finetune", "continual")}
     assert shown == {"all-MiniLM-L6-v2"} | fine_tunes
     at.selectbox(key="spectra_group").set_value("pretrain-gpt2-stdlib").run()
     assert not at.exception
@@ -125,6 +125,26 @@ def test_empty_store_explains_itself(monkeypatch, tmp_path):
     assert not at.exception and "No spectra" in at.info[0].value
     at.switch_page("views/intruders.py").run()
     assert not at.exception and "No intruder results" in at.info[0].value
+    at.switch_page("views/sparsity.py").run()
+    assert not at.exception and "No sparsity results" in at.info[0].value
+
+
+def test_sparsity_page_on_demo_compares_rl_and_sft(monkeypatch):
+    at = _app(monkeypatch, None).run()
+    at.switch_page("views/sparsity.py").run()
+    assert not at.exception
+    assert len(_charts(at)) == 5  # compare, heatmap, over training, overlap, update rank
+    assert set(at.selectbox(key="sparsity_base").options) == {"gpt2-stdlib-bf16", "pretrain-gpt2-stdlib (fp32)"}
+    at.selectbox(key="sparsity_base").set_value("gpt2-stdlib-bf16").run()
+    compare = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [t["name"] for t in compare["data"]] == ["exact", "atol", "ulp"]
+    assert set(compare["data"][0]["x"]) == {"rl-grpo-seed0", "rl-grpo-seed1", "sft-seed0"}
+    overlap = json.loads(at.get("plotly_chart")[3].proto.spec)
+    assert any(t["name"].startswith("chance") for t in overlap["data"])
+    at.radio(key="sparsity_definition").set_value("ulp").run()
+    assert not at.exception
+    at.multiselect(key="sparsity_kinds:gpt2-stdlib-bf16").set_value(["qkv"]).run()
+    assert set(at.dataframe[0].value["kind"]) == {"qkv"}
 
 
 def test_intruders_page_on_demo_compares_full_and_lora(monkeypatch):
@@ -134,7 +154,7 @@ def test_intruders_page_on_demo_compares_full_and_lora(monkeypatch):
     at.switch_page("views/intruders.py").run()
     assert not at.exception
     assert len(_charts(at)) == 6  # heatmap, ε sweep, over training, similarity, spectrum, mitigation
-    fine_tunes = {spec.name for spec in zoo.plan() if spec.kind != "pretrain"}
+    fine_tunes = {spec.name for spec in zoo.plan() if spec.kind in ("finetune", "continual")}
     assert set(at.multiselect(key="intruders_compare").value) == fine_tunes
     sweep = json.loads(at.get("plotly_chart")[1].proto.spec)
     assert {trace["name"] for trace in sweep["data"]} == fine_tunes

@@ -120,3 +120,23 @@ def test_intruder_figures_draw_what_they_are_given():
     sim = pd.DataFrame({"index": [0, 0, 1, 1], "base_index": [0, 1, 0, 1], "cos": [0.1, 0.2, 0.9, 0.1]})
     fig = charts.similarity_matrix(sim, vectors.head(2))
     assert list(fig.layout.yaxis.ticktext) == ["0 ⚠", "1"]
+
+
+# ---------------------------------------------------------------- sparsity
+
+
+def test_weighted_unchanged_weights_by_entries_not_matrices():
+    m = pd.DataFrame({"checkpoint": ["a", "a"], "numel": [100, 900], "unchanged_exact": [1.0, 0.0],
+                      "unchanged_atol": [1.0, 0.5], "unchanged_ulp": [1.0, 1.0]})
+    total = charts.weighted_unchanged(m, ["checkpoint"]).iloc[0]
+    assert total["unchanged_exact"] == pytest.approx(0.1) and total["unchanged_atol"] == pytest.approx(0.55)
+    assert total["unchanged_ulp"] == pytest.approx(1.0) and total["numel"] == 1000
+    fig = charts.sparsity_by_checkpoint(m)
+    assert [t.name for t in fig.data] == ["exact", "atol", "ulp"] and list(fig.data[0].y) == pytest.approx([0.1])
+
+
+def test_overlap_chart_draws_the_chance_diagonal():
+    o = pd.DataFrame({"checkpoint_a": ["a"], "checkpoint_b": ["b"], "tensor": ["t"], "jaccard": [0.5],
+                      "jaccard_chance": [0.2], "changed_a": [5], "changed_b": [6], "overlap_coef": [0.7]})
+    fig = charts.overlap_vs_chance(o)
+    assert list(fig.data[0].y) == [0.5] and fig.data[-1].name.startswith("chance")

@@ -11,7 +11,6 @@ from subspace_atlas.adapters import LoraUpdate
 from subspace_atlas.analysis import intruders
 from subspace_atlas.checkpoints import TensorInfo
 from subspace_atlas.pairs import PairedMatrix
-from subspace_atlas.store import Store
 
 pytestmark = pytest.mark.unit
 NAME = "layers.0.mlp.up_proj.weight"

@@ -91,17 +91,26 @@ def test_manifest_lists_every_run(built):
     root, manifest, seconds = built
     assert json.loads((root / "manifest.json").read_text()) == manifest
     assert [r["name"] for r in manifest["runs"]] == [s.name for s in zoo.plan()]
-    assert {r["kind"] for r in manifest["runs"]} == {"finetune", "continual", "pretrain"}
+    assert {r["kind"] for r in manifest["runs"]} == {"finetune", "continual", "pretrain", "cast", "rl", "sft"}
     assert {(r["method"], r["rank"]) for r in runs_of(manifest, task="sentiment")} == {
         ("full", None), ("lora", 1), ("lora", 8), ("lora", 64), ("rslora", 64)}
     assert {r["task"] for r in runs_of(manifest, kind="finetune", method="full")} == {"sentiment", "topic", "code"}
     assert {t["name"] for t in manifest["tasks"]} == set(tasks.TASKS)
     for run in manifest["runs"]:
-        assert run["seed"] == 0 and run["scale"] == "mini" and run["description"] and run["seconds"] > 0
+        assert run["scale"] == "mini" and run["description"] and run["seconds"] > 0
+        assert run["seed"] == (1 if run["name"] == "rl-grpo-seed1" else 0)
         assert (root / run["path"]).is_dir()
+        if run["kind"] == "cast":
+            assert (root / run["path"] / "model.safetensors").exists() and not run["checkpoints"]
+            continue
+        if run["kind"] in ("rl", "sft"):
+            assert (root / run["final_fp32"] / "model.safetensors").exists()
+            assert 0 <= run["metrics"]["initial_heldout_reward"] <= 1 and 0 <= run["metrics"]["heldout_reward"] <= 1
         steps = [c["step"] for c in run["checkpoints"]]
         assert steps == sorted(steps) and len(steps) == (4 if run["kind"] == "continual" else 2)
         assert all((root / c["path"] / "trainer_state.json").exists() for c in run["checkpoints"])
+        if run["kind"] in ("rl", "sft"):
+            continue
         if run["kind"] == "pretrain":
             assert run["merged"] is None and run["metrics"]["heldout_loss"] > 0
         else:
@@ -117,6 +126,9 @@ def test_run_folders_read_by_open_checkpoints(built):
     root, manifest, _ = built
     for run in manifest["runs"]:
         found = open_checkpoints(root / run["path"])
+        if run["kind"] == "cast":  # one model folder, not a run
+            assert len(found) == 1 and found[0].run is None
+            continue
         assert [c.step for c in found] == [c["step"] for c in run["checkpoints"]]
         assert [c.path for c in found] == [(root / c["path"]).resolve() for c in run["checkpoints"]]
         assert all(c.run == run["name"] for c in found)
@@ -124,7 +136,7 @@ def test_run_folders_read_by_open_checkpoints(built):
         if run["method"] in ("lora", "rslora"):
             assert found[-1].files[0].name == "adapter_model.safetensors"
             assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
-        elif run["kind"] == "pretrain":
+        elif run["kind"] in ("pretrain", "rl", "sft"):
             assert "transformer.h.0.attn.c_attn.weight" in names
         else:
             assert QUERY in names
@@ -258,3 +270,54 @@ def test_build_rejects_unknown_names(tmp_path):
         zoo.build(tmp_path, scale="huge", progress=False)
     with pytest.raises(ValueError, match="unknown run"):
         zoo.build(tmp_path, scale="mini", progress=False, only=["nope"])
+
+
+# ---------------------------------------------------------------- RL and SFT of the pretrained GPT-2
+
+
+@pytest.mark.parametrize("line,valid", [
+    ("return self._data[key]", True), ("def f(x, y=2):", True), ("else:", True), ("x = (1, 2", False),
+    ("yield from items", True), ("for i in range(3)", False), ("except KeyError as err:", True), ("", False),
+    ("continue", True), ("import os.path as p", True), ("a b c", False)])
+def test_reward_is_python_syntax_of_the_line(line, valid):
+    from subspace_atlas.zoo.rl import is_valid_line
+
+    assert is_valid_line(line) is valid
+
+
+def test_rl_checkpoints_are_bf16_on_a_bf16_base_and_fp32_final_is_float32(built):
+    root, manifest, _ = built
+    base = load_file(root / zoo.BF16_BASE / "model.safetensors")
+    assert {t.dtype for t in base.values() if t.is_floating_point()} == {torch.bfloat16}
+    for run in runs_of(manifest, kind="rl") + runs_of(manifest, kind="sft"):
+        ckpt = load_file(root / run["checkpoints"][-1]["path"] / "model.safetensors")
+        assert {t.dtype for t in ckpt.values() if t.is_floating_point()} == {torch.bfloat16}
+        assert set(ckpt) == set(base)
+        final = load_file(root / run["final_fp32"] / "model.safetensors")
+        assert {t.dtype for t in final.values() if t.is_floating_point()} == {torch.float32}
+        torch.testing.assert_close(final["transformer.h.0.attn.c_attn.weight"].to(torch.bfloat16),
+                                   ckpt["transformer.h.0.attn.c_attn.weight"], rtol=0, atol=0)
+
+
+def test_grpo_step_raises_rewarded_completions_and_lowers_the_rest(built):
+    """One plain SGD step on the GRPO loss moves log-probabilities the way the rewards say."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from subspace_atlas.zoo import rl
+
+    root, _, _ = built
+    tokenizer = AutoTokenizer.from_pretrained(root / zoo.BF16_BASE)
+    model = AutoModelForCausalLM.from_pretrained(root / zoo.BF16_BASE, torch_dtype=torch.float32)
+    prompt = tokenizer("return self.")["input_ids"][:4]
+    good, bad = tokenizer("x\n")["input_ids"], tokenizer(" ((\n")["input_ids"]
+    completions = [good, bad, good, bad]
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    advantage = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+    before = rl._sequence_logprobs(model, prompt, completions, tokenizer.eos_token_id).detach()
+    loss = -(advantage * rl._sequence_logprobs(model, prompt, completions, tokenizer.eos_token_id)).mean()
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.5 * p.grad
+    after = rl._sequence_logprobs(model, prompt, completions, tokenizer.eos_token_id).detach()
+    assert after[0] > before[0] and after[1] < before[1]

@@ -4,18 +4,15 @@ import pandas as pd
 import streamlit as st
 
 import charts
-from common import current_store, table
+from common import current_store, table, table_or_stop
 
 store = current_store()
 st.title("Intruder dimensions")
 st.caption("A fine-tuned matrix's top-k left singular vector is an **intruder** when its largest |cos| with every "
            "singular vector of the base matrix is below ε (Shuttleworth et al., *LoRA vs Full Fine-tuning: an "
            "Illusion of Equivalence*; the rule PEFT ships).")
-summary = table(store, "intruders", "summary")
-if summary is None:
-    st.info(f"No intruder results in `{store.root}`. Compute them with "
-            f"`subspace-atlas intruders --base BASE TUNED … --store {store.root}`.")
-    st.stop()
+summary = table_or_stop(store, "intruders", "summary", "intruder results",
+                        "subspace-atlas intruders --base BASE TUNED …")
 
 left, mid, right = st.columns([2, 2, 3])
 sides = sorted(summary["side"].unique())

@@ -3,14 +3,11 @@
 import streamlit as st
 
 import charts
-from common import current_store, table
+from common import current_store, table, table_or_stop
 
 store = current_store()
 st.title("Singular-value spectra")
-matrices = table(store, "spectra", "matrices")
-if matrices is None:
-    st.info(f"No spectra in `{store.root}`. Compute them with `subspace-atlas spectra CKPT --store {store.root}`.")
-    st.stop()
+matrices = table_or_stop(store, "spectra", "matrices", "spectra", "subspace-atlas spectra CKPT")
 
 MODELS = "single checkpoints"
 runs = sorted(matrices["run"].dropna().unique())

@@ -27,9 +27,12 @@ from pathlib import Path
 from subspace_atlas.zoo import io, tasks
 from subspace_atlas.zoo.finetune import Recipe
 from subspace_atlas.zoo.pretrain import PretrainRecipe
+from subspace_atlas.zoo.rl import RlRecipe
 
 ZOO_VERSION = 1
 BASE_NAME = "all-MiniLM-L6-v2"
+PRETRAIN_NAME = "pretrain-gpt2-stdlib"
+BF16_BASE = "gpt2-stdlib-bf16"
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"
 
@@ -44,6 +47,7 @@ class Scale:
     max_heldout: int | None
     finetune: dict = field(default_factory=dict)  # overrides of Recipe
     pretrain: PretrainRecipe = PretrainRecipe()
+    rl: dict = field(default_factory=dict)  # overrides of RlRecipe
 
 
 SCALES = {
@@ -52,19 +56,29 @@ SCALES = {
                   finetune={"steps": 2, "saves": 2, "batch_size": 4, "max_eval": 8, "log_every": 1},
                   pretrain=PretrainRecipe(vocab_size=320, n_layer=2, block_size=32, batch_size=4, steps=3, saves=2,
                                           warmup=1, train_chars=40_000, heldout_chars=10_000, eval_blocks=4,
-                                          log_every=1)),
+                                          log_every=1),
+                  rl={"steps": 2, "saves": 2, "prompts_per_step": 2, "group": 4, "train_prompts": 16,
+                      "eval_prompts": 8}),
 }
 
 
 @dataclass(frozen=True)
 class RunSpec:
     name: str
-    kind: str  # finetune | continual | pretrain
+    kind: str  # finetune | continual | pretrain | cast | rl | sft
     tasks: tuple[str, ...] = ()
     method: str | None = None
     rank: int | None = None
 
     def description(self) -> str:
+        if self.kind == "cast":
+            return f"{PRETRAIN_NAME}'s last checkpoint cast to bfloat16: the base of the RL and SFT runs."
+        if self.kind in ("rl", "sft"):
+            how = ("GRPO (group-relative policy gradient, 8 samples per prompt, no KL), reward 1 when the completed "
+                   "line is valid Python" if self.kind == "rl" else
+                   "SFT (cross-entropy on the real continuations of the same prompts)")
+            return (f"{PRETRAIN_NAME} fine-tuned to complete lines of Python by {how}; float32 master weights, "
+                    f"bf16 checkpoints, seed {self.rank or 0}.")
         if self.kind == "pretrain":
             return ("GPT-2 (4 layers, width 128) pretrained from scratch on the Python standard library's source, "
                     "byte-level BPE tokenizer trained locally; held-out loss on held-out files.")
@@ -86,18 +100,28 @@ def plan() -> list[RunSpec]:
         runs += [RunSpec(f"{task}-full", "finetune", (task,), "full"),
                  RunSpec(f"{task}-lora-r8", "finetune", (task,), "lora", 8)]
     runs += [RunSpec("continual-sentiment-topic-full", "continual", ("sentiment", "topic"), "full")]
-    runs += [RunSpec("pretrain-gpt2-stdlib", "pretrain")]
+    runs += [RunSpec(PRETRAIN_NAME, "pretrain")]
+    runs += [RunSpec(BF16_BASE, "cast")]
+    # For the RL runs `rank` holds the seed (the spec has no other use for it).
+    runs += [RunSpec(f"rl-grpo-seed{s}", "rl", method="grpo", rank=s) for s in (0, 1)]
+    runs += [RunSpec("sft-seed0", "sft", method="sft", rank=0)]
     return runs
 
 
-def _recipe(spec: RunSpec, scale: Scale, seed: int) -> Recipe | PretrainRecipe:
+def _recipe(spec: RunSpec, scale: Scale, seed: int) -> Recipe | PretrainRecipe | RlRecipe | None:
     if spec.kind == "pretrain":
         return replace(scale.pretrain, seed=seed)
+    if spec.kind == "cast":
+        return None
+    if spec.kind in ("rl", "sft"):
+        return RlRecipe(method=spec.method, seed=seed + (spec.rank or 0), **scale.rl)
     return Recipe(method=spec.method, rank=spec.rank, lr=LR[spec.method], seed=seed, **scale.finetune)
 
 
 def _fingerprint(spec: RunSpec, recipe, scale_name: str, scale: Scale) -> str:
-    key = {"zoo_version": ZOO_VERSION, "spec": asdict(spec), "recipe": asdict(recipe), "scale": scale_name,
+    key = {"zoo_version": ZOO_VERSION, "spec": asdict(spec), "recipe": asdict(recipe) if recipe else None,
+           "scale": scale_name,
+           **({"pretrain": asdict(scale.pretrain)} if spec.kind in ("cast", "rl", "sft") else {}),
            "max_train": scale.max_train, "max_heldout": scale.max_heldout}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -190,8 +214,18 @@ def _build(root, scale, progress, seed, only, log) -> dict:
     return manifest
 
 
+def pretrained_model(root: Path) -> Path:
+    """The pretraining run's last checkpoint (the GPT-2 the RL and SFT runs start from)."""
+    record = json.loads((root / PRETRAIN_NAME / RUN_RECORD).read_text())
+    return root / record["checkpoints"][-1]["path"]
+
+
 def _headline(entry: dict) -> str:
     m = entry["metrics"]
+    if entry["kind"] == "cast":
+        return f"cast from {entry['cast_from']}"
+    if entry["kind"] in ("rl", "sft"):
+        return f"held-out valid-line rate {m['initial_heldout_reward']:.3f} → {m['heldout_reward']:.3f}"
     if entry["kind"] == "pretrain":
         return f"held-out loss {m['initial_heldout_loss']:.3f} → {m['heldout_loss']:.3f}"
     per_task = m.items() if entry["kind"] == "continual" else [(entry["task"], m)]
@@ -208,6 +242,16 @@ def _build_run(root: Path, spec: RunSpec, recipe, sc: Scale, scale: str, seed: i
 
         result = pretrain(run_dir, recipe, progress=progress, log=log)
         base, task_names = None, []
+    elif spec.kind == "cast":
+        from subspace_atlas.zoo.rl import cast_base
+
+        result = cast_base(run_dir, pretrained_model(root))
+        base, task_names = PRETRAIN_NAME, []
+    elif spec.kind in ("rl", "sft"):
+        from subspace_atlas.zoo.rl import train
+
+        result = train(run_dir, root / BF16_BASE, recipe, seed, progress=progress, log=log)
+        base, task_names = BF16_BASE, ["python line completion"]
     else:
         from subspace_atlas.zoo.finetune import finetune
 
@@ -221,15 +265,17 @@ def _build_run(root: Path, spec: RunSpec, recipe, sc: Scale, scale: str, seed: i
     entry = {
         "name": spec.name, "kind": spec.kind,
         "task": task_names[0] if len(task_names) == 1 else task_names or None,
-        "method": spec.method if spec.kind != "pretrain" else "pretrain", "rank": spec.rank,
+        "method": spec.method or spec.kind, "rank": spec.rank if spec.kind in ("finetune", "continual") else None,
         "base": base, "path": spec.name,
         "checkpoints": [{**c, "path": f"{spec.name}/{c['path']}"} for c in result.pop("checkpoints")],
         "merged": f"{spec.name}/{result.pop('merged')}" if result.get("merged") else result.pop("merged", None),
-        "metrics": metrics, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "seed": seed, "scale": scale,
-        "description": spec.description(), "recipe": asdict(recipe), "fingerprint": fingerprint,
+        "metrics": metrics, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+        "seed": seed + (spec.rank or 0) if spec.kind in ("rl", "sft") else seed, "scale": scale,
+        "description": spec.description(), "recipe": asdict(recipe) if recipe else None, "fingerprint": fingerprint,
         **result,
     }
-    if entry.get("tokenizer"):
-        entry["tokenizer"] = f"{spec.name}/{entry['tokenizer']}"
+    for key in ("tokenizer", "final_fp32"):
+        if entry.get(key):
+            entry[key] = f"{spec.name}/{entry[key]}"
     io.write_json(run_dir / RUN_RECORD, entry)
     return entry

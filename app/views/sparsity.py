@@ -1,0 +1,59 @@
+"""Update sparsity: which entries a fine-tune changed, under three definitions, and how fine-tunes overlap."""
+
+import streamlit as st
+
+import charts
+from common import current_store, table, table_or_stop
+
+store = current_store()
+st.title("Update sparsity")
+st.caption("Which parameters a fine-tune actually changed (Mukherjee et al., *RL finetunes small subnetworks*), "
+           "under three definitions side by side — bf16 storage can hide small updates (*The Path Not Taken*).")
+matrices = table_or_stop(store, "sparsity", "matrices", "sparsity results",
+                         "subspace-atlas sparsity --base BASE TUNED …")
+
+left, mid, right = st.columns([3, 2, 3])
+bases = sorted(matrices["base"].unique())
+base = left.selectbox("Base", bases, key="sparsity_base", help="Fine-tunes are compared with this checkpoint.")
+definition = mid.radio("Unchanged when", list(charts.SPARSITY_DEFINITIONS), horizontal=True,
+                       key="sparsity_definition",
+                       help="\n\n".join(f"**{k}**: {v}" for k, v in charts.SPARSITY_DEFINITIONS.items()))
+of_base = matrices[matrices["base"] == base]
+kinds = sorted(of_base["kind"].unique())
+chosen_kinds = right.multiselect("Kinds", kinds, default=kinds, key=f"sparsity_kinds:{base}")
+view = of_base[of_base["kind"].isin(chosen_kinds)]
+if view.empty:
+    st.warning("No matrices match these filters.")
+    st.stop()
+st.caption(f"**{definition}**: {charts.SPARSITY_DEFINITIONS[definition]}. Stored dtypes: "
+           f"{', '.join(sorted(view['dtype'].unique()))}.")
+finals = sorted(view.loc[view["run"].isna(), "checkpoint"].unique())
+everything = sorted(view["checkpoint"].unique())
+
+compare, heat, steps, overlap_tab, rank, raw = st.tabs(["Compare fine-tunes", "Layer × kind", "Over training",
+                                                         "Overlap vs chance", "Update rank", "Table"])
+with compare:
+    st.plotly_chart(charts.sparsity_by_checkpoint(view[view["checkpoint"].isin(finals or everything)]),
+                    key="sparsity_compare")
+with heat:
+    ckpt = st.selectbox("Checkpoint", finals or everything, key=f"sparsity_heat_checkpoint:{base}")
+    st.plotly_chart(charts.sparsity_heatmap(view[view["checkpoint"] == ckpt], definition,
+                                            f"unchanged share per layer and kind in {ckpt} ({definition})"),
+                    key="sparsity_heatmap")
+with steps:
+    st.plotly_chart(charts.sparsity_over_steps(view, definition), key="sparsity_steps")
+with overlap_tab:
+    overlap = table(store, "sparsity", "overlap")
+    mine = overlap[(overlap["base"] == base) & overlap["kind"].isin(chosen_kinds)] if overlap is not None else None
+    if mine is None or mine.empty:
+        st.info("No pairs of fine-tunes of this base are stored (give two or more checkpoints without --no-overlap).")
+    else:
+        st.caption(f"Changed-masks by the **{mine['mask'].iloc[0]}** definition (the `--mask` they were computed with).")
+        st.plotly_chart(charts.overlap_vs_chance(mine), key="sparsity_overlap")
+with rank:
+    st.plotly_chart(charts.update_rank_by_layer(view[view["checkpoint"].isin(finals or everything)]),
+                    key="sparsity_rank")
+with raw:
+    st.dataframe(view, hide_index=True)
+    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="sparsity.csv",
+                       mime="text/csv", key="sparsity_csv")
