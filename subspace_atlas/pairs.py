@@ -21,6 +21,10 @@ from subspace_atlas.svdcache import SvdCache
 
 Loader = Callable[[], torch.Tensor | LoraUpdate]
 
+# Stored bytes of base matrices and their fine-tuned versions being compared at once; one larger
+# matrix runs alone. Keeps peak memory near the largest matrix's work, not two of them.
+INFLIGHT_BYTES = 256 << 20
+
 
 @dataclass
 class PairedMatrix:
@@ -30,6 +34,11 @@ class PairedMatrix:
     cache_key: str  # the base matrix's content key (identity, name, shape)
     load_base: Callable[[], torch.Tensor]
     tuned: list[tuple[int, Loader]]  # (job index, loader of a dense matrix or a LoRA update)
+
+
+def bytes_of(item: PairedMatrix) -> int:
+    """Stored bytes a paired matrix brings into memory: the base and each fine-tuned version."""
+    return item.info.nbytes * (1 + len(item.tuned))
 
 
 def pair_items(job, checkpoints: Sequence[Checkpoint], matrices_of: Callable) -> list[PairedMatrix]:

@@ -72,7 +72,9 @@ def bump(t: torch.Tensor, idx: np.ndarray, ulps: int) -> torch.Tensor:
     return out.view(t.shape)
 
 
-def test_planted_changes_counted_exactly_under_each_definition():
+@pytest.mark.parametrize("block", [1 << 22, 100])  # whole matrix at once, or many row blocks
+def test_planted_changes_counted_exactly_under_each_definition(monkeypatch, block):
+    monkeypatch.setattr(sparsity, "_BLOCK_ELEMENTS", block)
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(64, 80, generator=gen).to(torch.bfloat16)
     n = base.numel()
@@ -89,6 +91,7 @@ def test_planted_changes_counted_exactly_under_each_definition():
     assert row["changed"] == 180
     row3 = run(base, [tuned], sparsity.Params(ulps=3, mask="ulp"))["matrices"].iloc[0]
     assert row3["unchanged_ulp"] == pytest.approx((n - 30) / n) and row3["changed"] == 30
+    assert row["norm_update"] == pytest.approx(float(np.linalg.norm(tuned.float().numpy() - base.float().numpy())))
 
 
 def test_atol_sees_through_float32_noise_that_exact_counts():

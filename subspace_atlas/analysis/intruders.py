@@ -17,7 +17,6 @@ scales the intruders' singular values by λ and moves W by (1 − λ)·√Σ s_i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +26,8 @@ import torch
 from subspace_atlas import linalg
 from subspace_atlas.adapters import LoraUpdate
 from subspace_atlas.checkpoints import select_matrices
-from subspace_atlas.pairs import PairedMatrix
+from subspace_atlas.pairs import INFLIGHT_BYTES, PairedMatrix, bytes_of as _bytes_of
+from subspace_atlas.parallel import bounded_map
 from subspace_atlas.svdcache import SvdCache
 
 NAME = "intruders"
@@ -87,8 +87,8 @@ def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device 
         progress(len(item.tuned))
         return tables
 
-    with linalg.single_threaded(workers > 1), ThreadPoolExecutor(max_workers=workers) as pool:
-        for tables in pool.map(one, items):
+    with linalg.single_threaded(workers > 1):
+        for tables in bounded_map(one, items, _bytes_of, workers, INFLIGHT_BYTES):
             for name, frames in tables.items():
                 out[name] += frames
     tables = {name: pd.concat(frames, ignore_index=True) if frames else _EMPTY[name]() for name, frames in out.items()}

@@ -22,7 +22,6 @@ Memory: one base/tuned matrix pair plus one boolean mask per fine-tune of that m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +31,8 @@ import torch
 from subspace_atlas import linalg
 from subspace_atlas.checkpoints import select_matrices
 from subspace_atlas.errors import AtlasError
-from subspace_atlas.pairs import PairedMatrix
+from subspace_atlas.pairs import INFLIGHT_BYTES, PairedMatrix, bytes_of as _bytes_of
+from subspace_atlas.parallel import bounded_map
 
 NAME = "sparsity"
 TABLES = ("matrices", "overlap")
@@ -66,7 +66,7 @@ _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.floa
 
 
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """How many representable values of their (shared) dtype lie between a and b, entry by entry (int64).
+    """How many representable values of their (shared) dtype lie between a and b, entry by entry.
 
     Bit patterns of IEEE floats, read as sign-magnitude integers and mapped to two's complement,
     are ordered like the floats, so the distance is the difference of the mapped integers.
@@ -77,7 +77,9 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _ordered(t: torch.Tensor) -> torch.Tensor:
-    bits = t.contiguous().view(_INT_VIEW[t.dtype]).to(torch.int64)
+    # 16-bit patterns and their differences fit in int32 (half the memory of int64).
+    wide = torch.int32 if t.element_size() <= 2 else torch.int64
+    bits = t.contiguous().view(_INT_VIEW[t.dtype]).to(wide)
     lowest = -(1 << (8 * t.element_size() - 1))  # the bit pattern of -0.0
     return torch.where(bits < 0, lowest - bits, bits)
 
@@ -114,8 +116,8 @@ def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device 
 
     rows: list[dict] = []
     overlaps: list[dict] = []
-    with linalg.single_threaded(workers > 1), ThreadPoolExecutor(max_workers=workers) as pool:
-        for mine, cross in pool.map(one, items):
+    with linalg.single_threaded(workers > 1):
+        for mine, cross in bounded_map(one, items, _bytes_of, workers, INFLIGHT_BYTES):
             rows += mine
             overlaps += cross
     matrices = pd.DataFrame(rows) if rows else pd.DataFrame({"job": pd.Series(dtype="int64"),
@@ -163,27 +165,41 @@ def _matrix(item: PairedMatrix, params: Params, device: torch.device,
     return rows, overlaps
 
 
+_BLOCK_ELEMENTS = 1 << 22  # entries compared at once: bounds the float32 / integer temporaries
+
+
 def _compare(base: torch.Tensor, tuned: torch.Tensor, params: Params) -> tuple[dict, torch.Tensor]:
-    """One matrix's row, and its changed-mask under ``params.mask``."""
+    """One matrix's row, and its changed-mask under ``params.mask``, in row blocks.
+
+    Temporaries (float32 differences, ulp distances) exist for one block at a time; what stays is the
+    boolean mask. Only the update rank needs all of ΔW in float32 at once.
+    """
     numel = base.numel()
-    same = {"exact": tuned == base}
-    delta = tuned.float() - base.float()
-    same["atol"] = delta.abs() <= params.atol
-    same["ulp"] = ulp_distance(tuned, base) <= params.ulps
-    changed = ~same[params.mask]
+    unchanged = dict.fromkeys(DEFINITIONS, 0)
+    changed = torch.empty(base.shape, dtype=torch.bool, device=base.device)
+    update_sq = base_sq = 0.0
+    step = max(1, _BLOCK_ELEMENTS // max(1, base.shape[1]))
+    for start in range(0, base.shape[0], step):
+        b, t = base[start:start + step], tuned[start:start + step]
+        delta = t.float() - b.float()
+        same = {"exact": t == b, "atol": delta.abs() <= params.atol, "ulp": ulp_distance(t, b) <= params.ulps}
+        for name, mask in same.items():
+            unchanged[name] += int(mask.sum())
+        changed[start:start + step] = ~same[params.mask]
+        update_sq += float(delta.double().square().sum())
+        base_sq += float(b.double().square().sum())
     per_row, per_col = changed.sum(1), changed.sum(0)
     row = {
         "rows": base.shape[0], "cols": base.shape[1], "dtype": str(base.dtype).removeprefix("torch."),
-        "numel": numel,
-        **{f"unchanged_{name}": float(mask.sum()) / numel for name, mask in same.items()},
-        "changed": int(changed.sum()),
+        "numel": numel, **{f"unchanged_{name}": count / numel for name, count in unchanged.items()},
+        "changed": int(per_row.sum()),
         "rows_touched": float((per_row > 0).float().mean()), "cols_touched": float((per_col > 0).float().mean()),
         "row_gini": gini(per_row), "col_gini": gini(per_col),
-        "norm_base": float(torch.linalg.norm(base.float())), "norm_update": float(torch.linalg.norm(delta)),
+        "norm_base": base_sq ** 0.5, "norm_update": update_sq ** 0.5,
     }
     row["rel_update"] = row["norm_update"] / row["norm_base"] if row["norm_base"] > 0 else float("nan")
     if params.rank:
-        row.update(_update_rank(delta, params))
+        row.update(_update_rank(tuned.float() - base.float(), params))
     return row, changed
 
 

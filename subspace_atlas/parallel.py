@@ -1,0 +1,35 @@
+"""A thread-pool map that bounds how many bytes of input are being worked on at once."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], size: Callable[[T], int], workers: int,
+                budget: int) -> Iterator[R]:
+    """``fn`` over ``items`` on ``workers`` threads, results in order, starting an item only while the
+    sizes of the items in flight stay within ``budget`` (an item larger than that runs alone).
+
+    Two large matrices side by side (a model's embedding and unembedding are neighbours when grouped
+    by shape) would double the peak memory; this keeps it near the largest item plus small ones.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        inflight = 0
+        for item in items:
+            need = size(item)
+            while pending and (len(pending) >= workers or inflight + need > budget):
+                future, held = pending.popleft()
+                inflight -= held
+                yield future.result()
+            pending.append((pool.submit(fn, item), need))
+            inflight += need
+        while pending:
+            future, _ = pending.popleft()
+            yield future.result()
