@@ -206,4 +206,9 @@ def test_cli_refuses_dtype_mismatch_and_adapters(tmp_path, capsys, llama_state):
                                                            (torch.ones(2, 32), torch.ones(32, 2))}, rank=2, alpha=4)
     assert cli.main(["sparsity", "--base", str(base), str(adapter), "--store", str(tmp_path / "s")]) == 2
     assert "merge the adapter" in capsys.readouterr().err
+    reshaped = dict(llama_state)
+    reshaped["model.layers.0.self_attn.q_proj.weight"] = torch.zeros(16, 64)
+    path = toy.write_safetensors(tmp_path / "reshaped.safetensors", reshaped)
+    assert cli.main(["sparsity", "--base", str(base), str(path), "--store", str(tmp_path / "s")]) == 2
+    assert "[16, 64]" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
