@@ -7,7 +7,8 @@ the base's identity joins the fingerprint, and all jobs sharing a base run matri
 (``pairs``), so each base matrix is read and decomposed once however many checkpoints it meets.
 A paired analysis with ``CROSS_TABLES`` also compares fine-tunes with each other: every two
 checkpoints of a plan get a cross job of their own (its rows: those tables), so adding a checkpoint
-later computes only its new pairs.
+later computes only its new pairs. ``GROUP_TABLES`` hold what depends on the whole set of
+checkpoints (e.g. alignment with their summed update): one group job per plan, keyed by all of them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Job:
     base: Checkpoint | None = None  # what a paired analysis compares the checkpoint with
     base_identity: str | None = None
     other: Checkpoint | None = None  # a cross job's second checkpoint
+    group: tuple[Checkpoint, ...] = ()  # a group job's checkpoints
 
 
 @dataclass
@@ -86,6 +88,13 @@ def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, 
                 jobs.append(Job(module, a.checkpoint, params, tensors, a.identity,
                                 fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity,
                                 other=b.checkpoint))
+    if getattr(module, "GROUP_TABLES", ()) and checkpoints:
+        singles = [j for j in jobs if j.other is None]
+        inputs = {"members": [[j.identity, j.checkpoint.name, j.checkpoint.step, j.checkpoint.run] for j in singles],
+                  "tensors": tensors, "base": base_identity, "base_name": base.name, "group": True}
+        jobs.append(Job(module, singles[0].checkpoint, params, tensors, singles[0].identity,
+                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity,
+                        group=tuple(j.checkpoint for j in singles)))
     return jobs
 
 
@@ -158,31 +167,36 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
     for group in groups.values():
         module, base = group[0].module, group[0].base
         cross_tables = getattr(module, "CROSS_TABLES", ())
+        group_tables = getattr(module, "GROUP_TABLES", ())
+        members = [c for job in group for c in (job.checkpoint, job.other, *job.group) if c is not None]
         checkpoints: dict[tuple[str, str], int] = {}  # (path, name) → index in the matrix-major work
-        for job in group:
-            for ckpt in (job.checkpoint, job.other):
-                if ckpt is not None:
-                    checkpoints.setdefault((str(ckpt.path), ckpt.name), len(checkpoints))
-        by_index = {k: ckpt for job in group for ckpt in (job.checkpoint, job.other) if ckpt is not None
-                    for k in [checkpoints[(str(ckpt.path), ckpt.name)]]}
-        index = {id(c): checkpoints[(str(c.path), c.name)] for job in group for c in (job.checkpoint, job.other)
-                 if c is not None}
+        for ckpt in members:
+            checkpoints.setdefault((str(ckpt.path), ckpt.name), len(checkpoints))
+        by_index = {checkpoints[(str(c.path), c.name)]: c for c in members}
+        index = {id(c): checkpoints[(str(c.path), c.name)] for c in members}
         items = pair_items(group[0], [by_index[k] for k in range(len(by_index))], matrices_of)
         crosses = sorted({(index[id(j.checkpoint)], index[id(j.other)]) for j in group if j.other is not None})
         total = sum(len(item.tuned) for item in items)
         t0 = time.perf_counter()
         extra = {"pairs": crosses} if cross_tables else {}
+        whole = next((j for j in group if j.group), None)
+        if group_tables:
+            extra["group"] = [index[id(c)] for c in whole.group] if whole else []
         with tqdm(total=total, unit="pair", disable=None, file=sys.stderr, leave=False,
                   desc=f"{module.NAME} vs {base.name}") as bar:
             tables = module.compute(items, group[0].params, device, batch_bytes, cache=SvdCache(default_root()),
                                     progress=bar.update, **extra)
         wall = time.perf_counter() - t0
         for job in group:
-            if job.other is None:
+            if job.group:
+                mine = {name: _label_members(frame, [by_index[k] for k in range(len(by_index))], base)
+                        for name, frame in tables.items() if name in group_tables}
+                problem, n = None, 0
+            elif job.other is None:
                 k = index[id(job.checkpoint)]
                 mine = {name: _label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
                                      job.checkpoint, base)
-                        for name, frame in tables.items() if name not in cross_tables}
+                        for name, frame in tables.items() if name not in cross_tables + group_tables}
                 problem = module.validate(mine["matrices"]) if hasattr(module, "validate") else None
                 n = sum(1 for item in items for j, _ in item.tuned if j == k)
             else:
@@ -252,6 +266,13 @@ def _label_cross(frame: pd.DataFrame, a: Checkpoint, b: Checkpoint, base: Checkp
     return labelled
 
 
+def _label_members(frame: pd.DataFrame, checkpoints: list[Checkpoint], base: Checkpoint) -> pd.DataFrame:
+    """Label a group table whose rows name their checkpoint by index (column ``job``)."""
+    parts = [_label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True), ckpt, base)
+             for k, ckpt in enumerate(checkpoints) if (frame["job"] == k).any()]
+    return pd.concat(parts, ignore_index=True) if parts else _label(frame.drop(columns="job"), checkpoints[0], base)
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -273,7 +294,8 @@ def _provenance(job: Job, device: torch.device, wall: float, matrices: int) -> d
                    "run": job.checkpoint.run, "tensors": job.tensors}
                   | ({"base": job.base.name, "base_path": str(job.base.path), "base_identity": job.base_identity}
                      if job.base is not None else {})
-                  | ({"other": job.other.name, "other_path": str(job.other.path)} if job.other is not None else {}),
+                  | ({"other": job.other.name, "other_path": str(job.other.path)} if job.other is not None else {})
+                  | ({"group": [c.name for c in job.group]} if job.group else {}),
         "versions": {"subspace_atlas": subspace_atlas.__version__, "torch": torch.__version__,
                      "numpy": numpy.__version__, "pandas": pd.__version__,
                      "safetensors": safetensors.__version__, "python": platform.python_version()},

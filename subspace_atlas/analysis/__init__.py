@@ -13,6 +13,7 @@ MODULES = {
     "spectra": "subspace_atlas.analysis.spectra",
     "intruders": "subspace_atlas.analysis.intruders",
     "sparsity": "subspace_atlas.analysis.sparsity",
+    "angles": "subspace_atlas.analysis.angles",
 }
 
 
