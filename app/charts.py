@@ -332,3 +332,72 @@ def update_rank_by_layer(matrices: pd.DataFrame) -> go.Figure:
                   hover_data=["tensor", "update_rank"])
     fig.update_layout(title="numerical rank of ΔW / min(m, n)", yaxis_range=[0, 1.05])
     return fig
+
+
+# ---------------------------------------------------------------- task-subspace angles
+
+
+def task_overlap_matrix(pairs: pd.DataFrame, value: str = "overlap") -> go.Figure:
+    """Task × task: the mean over matrices of the subspace overlap (1 on the diagonal) or mean angle."""
+    if pairs.empty:
+        return _empty("no pairs of tasks")
+    mean = pairs.groupby(["checkpoint_a", "checkpoint_b"], as_index=False)[value].mean()
+    tasks = sorted(set(mean["checkpoint_a"]) | set(mean["checkpoint_b"]))
+    grid = pd.DataFrame(np.nan, index=tasks, columns=tasks)
+    for row in mean.itertuples():
+        grid.loc[row.checkpoint_a, row.checkpoint_b] = grid.loc[row.checkpoint_b, row.checkpoint_a] = getattr(row, value)
+    for t in tasks:
+        grid.loc[t, t] = 1.0 if value == "overlap" else 0.0
+    scale, zrange = ("Blues", (0, 1)) if value == "overlap" else ("Blues_r", (0, 90))
+    fig = px.imshow(grid, text_auto=".2f", color_continuous_scale=scale, zmin=zrange[0], zmax=zrange[1],
+                    labels={"color": value}, aspect="auto")
+    fig.update_layout(title=f"task × task: mean {value} over the selected matrices")
+    return fig
+
+
+def overlap_by_layer(pairs: pd.DataFrame) -> go.Figure:
+    """Subspace overlap across layers, one line per pair of tasks (mean over the kinds in view)."""
+    rows = pairs.dropna(subset=["layer"])
+    if rows.empty:
+        return _empty("no per-layer matrices")
+    rows = rows.assign(pair=rows["checkpoint_a"] + " ↔ " + rows["checkpoint_b"])
+    mean = rows.groupby(["pair", "layer"], as_index=False)["overlap"].mean().sort_values("layer")
+    fig = px.line(mean, x="layer", y="overlap", color="pair", markers=True)
+    fig.update_layout(title="subspace overlap ‖Q_aᵀQ_b‖²_F / k across layers", yaxis_range=[0, 1.02])
+    return fig
+
+
+def angle_spectrum(pair_rows: pd.DataFrame) -> go.Figure:
+    """All principal angles of one pair and matrix, per side, smallest first (0° shared, 90° orthogonal)."""
+    if pair_rows.empty:
+        return _empty("no such pair and matrix")
+    fig = go.Figure([go.Scatter(x=np.arange(1, len(row.angles) + 1), y=list(row.angles), mode="lines+markers",
+                                name=f"{row.side} (k = {row.k})") for row in pair_rows.itertuples()])
+    fig.update_layout(title="principal angles", xaxis_title="i", yaxis_title="θ_i (degrees)", yaxis_range=[0, 91])
+    return fig
+
+
+def base_alignment(tasks: pd.DataFrame) -> go.Figure:
+    """Per task and layer: how much of the update's top-k subspace lies in the base's own top-k (vs chance)."""
+    rows = tasks.dropna(subset=["layer"])
+    if rows.empty:
+        return _empty("no per-layer matrices")
+    rows = rows.assign(times_chance=rows["overlap_with_base_top"] / rows["overlap_chance"])
+    mean = rows.groupby(["checkpoint", "layer"], as_index=False)["times_chance"].mean()
+    fig = px.line(mean.sort_values("layer"), x="layer", y="times_chance", color="checkpoint", markers=True)
+    fig.add_hline(y=1.0, line={"dash": "dot", "color": "gray"}, annotation_text="chance (a random k-dim subspace)")
+    fig.update_layout(title="does the update write into the base's principal directions? "
+                            "‖U0_kᵀU_t‖²_F / k, as a multiple of chance (k / m)",
+                      yaxis_title="overlap with the base's top-k ÷ chance", yaxis_rangemode="tozero")
+    return fig
+
+
+def sar_by_task(alignment: pd.DataFrame) -> go.Figure:
+    """Iso-C's Subspace Alignment Ratio of each task against the summed task matrix, per layer."""
+    rows = alignment.dropna(subset=["layer"])
+    if rows.empty:
+        return _empty("no alignment with a summed task matrix (needs two or more tasks)")
+    mean = rows.groupby(["checkpoint", "layer"], as_index=False)["sar"].mean().sort_values("layer")
+    fig = px.line(mean, x="layer", y="sar", color="checkpoint", markers=True)
+    fig.update_layout(title="Subspace Alignment Ratio with the summed task matrix (Iso-C)", yaxis_range=[0, 1.02])
+    return fig

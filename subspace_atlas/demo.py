@@ -11,6 +11,8 @@
 5. Update sparsity of the RL (two seeds) and SFT runs of the pretrained GPT-2: their final bf16
    checkpoints against the bf16 base, with the overlap of every two; every checkpoint of each run;
    and the float32 finals against the float32 base (what bf16 storage hides).
+6. Task-subspace angles between the three tasks' fine-tunes (full and LoRA r = 8), and between the
+   continual run's two phases and the single-task full fine-tunes.
 
 Later analyses add their jobs here, so one command rebuilds everything the demo shows.
 """
@@ -45,7 +47,7 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
     base = open_checkpoints(minilm_path(), name=zoo.BASE_NAME)[0]
     planned_pairs = jobs.plan(intruders, fine_tunes(root, manifest), intruders.Params(), base=base)
     computed = skipped = 0
-    for batch in (planned, planned_pairs, *sparsity_plans(root, manifest)):
+    for batch in (planned, planned_pairs, *sparsity_plans(root, manifest), *angle_plans(root, manifest, base)):
         outcome = jobs.run(batch, target, device_)
         computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
     print(f"demo: {computed} job(s) computed, {skipped} already stored → {target.root}", file=sys.stderr)
@@ -89,6 +91,26 @@ def sparsity_plans(root: Path, manifest: dict) -> list[list[jobs.Job]]:
     return [jobs.plan(sparsity, finals, params, base=base16),
             jobs.plan(sparsity, over_training, params, base=base16, cross=False),
             jobs.plan(sparsity, fp32, params, base=base32)]
+
+
+def angle_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[jobs.Job]]:
+    """Tasks' full fine-tunes and LoRA r = 8 adapters; the continual run's phases beside its single tasks."""
+    runs = {r["name"]: r for r in manifest["runs"]}
+    angles = analysis.get("angles")
+    tasks = [c for name in ("sentiment-full", "topic-full", "code-full") if name in runs
+             for c in open_checkpoints(root / runs[name]["merged"], name=name)]
+    tasks += [c for name in ("sentiment-lora-r8", "topic-lora-r8", "code-lora-r8") if name in runs
+              for c in open_checkpoints(root / runs[name]["checkpoints"][-1]["path"], name=name)]
+    plans = [jobs.plan(angles, tasks, angles.Params(), base=base)] if tasks else []
+    continual = runs.get("continual-sentiment-topic-full")
+    if continual and "sentiment-full" in runs and "topic-full" in runs:
+        steps = [c for c in continual["checkpoints"] if c["task"] == "sentiment"][-1], continual["checkpoints"][-1]
+        phases = [c for label, ckpt in zip(("after sentiment", "after topic"), steps)
+                  for c in open_checkpoints(root / ckpt["path"], name=f"continual {label}")]
+        singles = [c for name in ("sentiment-full", "topic-full")
+                   for c in open_checkpoints(root / runs[name]["merged"], name=name)]
+        plans.append(jobs.plan(angles, phases + singles, angles.Params(), base=base))
+    return plans
 
 
 def zoo_tables(manifest: dict) -> dict[str, pd.DataFrame]:

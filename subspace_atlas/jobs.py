@@ -189,8 +189,9 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
         wall = time.perf_counter() - t0
         for job in group:
             if job.group:
+                label = " + ".join(c.name for c in job.group)  # which set of checkpoints the rows belong to
                 mine = {name: _label_members(frame, [by_index[k] for k in range(len(by_index))], base)
-                        for name, frame in tables.items() if name in group_tables}
+                        .assign(group=label) for name, frame in tables.items() if name in group_tables}
                 problem, n = None, 0
             elif job.other is None:
                 k = index[id(job.checkpoint)]

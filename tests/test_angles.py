@@ -142,11 +142,13 @@ def test_cli_tasks_pairs_and_alignment_with_new_tasks_incremental(tmp_path, caps
     assert set(zip(pairs["checkpoint_a"], pairs["checkpoint_b"])) == {("math", "code")}
     assert set(pairs["side"]) == {"left", "right"} and set(pairs["kind"]) == {"q", "down"}
     assert set(s.table("angles", "alignment")["checkpoint"]) == {"math", "code"}
+    assert set(s.table("angles", "alignment")["group"]) == {"math + code"}
     capsys.readouterr()
     assert cli.main(["angles", "--base", str(base), f"math={paths['math']}", f"code={paths['code']}",
                      f"chat={paths['chat']}", "--store", str(store), "--k", "4", "--tensors", "q_proj|down_proj"]) == 0
     assert "computed 4 job(s)" in capsys.readouterr().out  # chat, its two pairs, the new three-task alignment
     assert len(s.table("angles", "pairs").drop_duplicates(["checkpoint_a", "checkpoint_b"])) == 3
+    assert set(s.table("angles", "alignment")["group"]) == {"math + code", "math + code + chat"}
 
 
 def test_params_reject_nonsense():

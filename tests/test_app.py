@@ -127,6 +127,32 @@ def test_empty_store_explains_itself(monkeypatch, tmp_path):
     assert not at.exception and "No intruder results" in at.info[0].value
     at.switch_page("views/sparsity.py").run()
     assert not at.exception and "No sparsity results" in at.info[0].value
+    at.switch_page("views/angles.py").run()
+    assert not at.exception and "No task angles" in at.info[0].value
+
+
+def test_angles_page_on_demo_shows_tasks_pairs_and_alignment(monkeypatch):
+    at = _app(monkeypatch, None).run()
+    at.switch_page("views/angles.py").run()
+    assert not at.exception
+    assert len(_charts(at)) == 5  # task × task, by layer, one pair, base alignment, SAR
+    matrix = json.loads(at.get("plotly_chart")[0].proto.spec)
+    tasks = {"sentiment-full", "topic-full", "code-full", "sentiment-lora-r8", "topic-lora-r8", "code-lora-r8",
+             "continual after sentiment", "continual after topic"}
+    assert set(matrix["data"][0]["x"]) == tasks
+    at.multiselect(key="angles_tasks:all-MiniLM-L6-v2").set_value(["sentiment-full", "topic-full"]).run()
+    assert not at.exception
+    assert set(at.dataframe[0].value["checkpoint_a"]) | set(at.dataframe[0].value["checkpoint_b"]) == {
+        "sentiment-full", "topic-full"}
+    at.radio(key="angles_value").set_value("mean_angle_deg").run()
+    at.selectbox(key="angles_side").set_value("right").run()
+    assert not at.exception
+    spectrum = json.loads(at.get("plotly_chart")[2].proto.spec)
+    assert spectrum["data"] and all(0 <= y <= 90 for y in charts_y(spectrum["data"][0]))
+
+
+def charts_y(trace) -> list:
+    return list(_plotly_array(trace["y"]))
 
 
 def test_sparsity_page_on_demo_compares_rl_and_sft(monkeypatch):

@@ -140,3 +140,15 @@ def test_overlap_chart_draws_the_chance_diagonal():
                       "jaccard_chance": [0.2], "changed_a": [5], "changed_b": [6], "overlap_coef": [0.7]})
     fig = charts.overlap_vs_chance(o)
     assert list(fig.data[0].y) == [0.5] and fig.data[-1].name.startswith("chance")
+
+
+# ---------------------------------------------------------------- task angles
+
+
+def test_task_overlap_matrix_is_symmetric_with_unit_diagonal():
+    pairs = pd.DataFrame({"checkpoint_a": ["a", "a", "b"], "checkpoint_b": ["b", "c", "c"],
+                          "overlap": [0.2, 0.4, 0.6], "mean_angle_deg": [60.0, 50.0, 40.0]})
+    z = np.asarray(charts.task_overlap_matrix(pairs).data[0].z)
+    np.testing.assert_allclose(z, [[1, 0.2, 0.4], [0.2, 1, 0.6], [0.4, 0.6, 1]])
+    z = np.asarray(charts.task_overlap_matrix(pairs, "mean_angle_deg").data[0].z)
+    assert z[0, 1] == 60.0 and z[1, 1] == 0.0
