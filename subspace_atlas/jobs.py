@@ -209,6 +209,7 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
             if problem:
                 problems.append(f"{job.checkpoint.path} vs --base {base.path}: {problem}")
                 continue
+            mine = {name: _aliased(frame, getattr(module, "LABEL_ALIASES", {})) for name, frame in mine.items()}
             store.write(module.NAME, job.fingerprint, mine, _provenance(job, device, wall / len(group), n))
             count += n
         log(f"{module.NAME}: {len(group)} job(s) vs {base.name}: {total} matrix pairs in {wall:.2f} s")
@@ -265,6 +266,14 @@ def _label_cross(frame: pd.DataFrame, a: Checkpoint, b: Checkpoint, base: Checkp
     labelled.insert(6, "run_b", b.run)
     labelled.insert(8, "step_b", pd.array([b.step] * len(frame), dtype="Int64"))
     return labelled
+
+
+def _aliased(frame: pd.DataFrame, aliases: dict[str, str]) -> pd.DataFrame:
+    """Add each aliased label column again under the analysis's own name for it (checkpoint → task)."""
+    for column, alias in aliases.items():
+        if column in frame and alias not in frame:
+            frame.insert(frame.columns.get_loc(column) + 1, alias, frame[column])
+    return frame
 
 
 def _label_members(frame: pd.DataFrame, checkpoints: list[Checkpoint], base: Checkpoint) -> pd.DataFrame:

@@ -140,6 +140,11 @@ def test_cli_tasks_pairs_and_alignment_with_new_tasks_incremental(tmp_path, caps
     assert set(s.table("angles", "tasks")["checkpoint"]) == {"math", "code"}
     pairs = s.table("angles", "pairs")
     assert set(zip(pairs["checkpoint_a"], pairs["checkpoint_b"])) == {("math", "code")}
+    assert set(zip(pairs["task_a"], pairs["task_b"])) == {("math", "code")}
+    required = {"base", "task", "tensor", "layer", "kind", "side", "k", "sar", "overlap_with_base_top"}
+    assert required <= set(s.table("angles", "alignment").columns)
+    assert {"base", "task_a", "task_b", "tensor", "layer", "kind", "side", "k", "overlap", "mean_angle_deg",
+            "angles"} <= set(pairs.columns)
     assert set(pairs["side"]) == {"left", "right"} and set(pairs["kind"]) == {"q", "down"}
     assert set(s.table("angles", "alignment")["checkpoint"]) == {"math", "code"}
     assert set(s.table("angles", "alignment")["group"]) == {"math + code"}

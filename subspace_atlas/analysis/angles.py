@@ -13,7 +13,7 @@ triplets come from the r × r core s·R_B R_Aᵀ, and U, V span B's columns and 
   interference ‖(UᵀU − I) Σ (VᵀV − I)‖₁ of the two tasks' stacked top-k triplets.
 * ``alignment`` (one job per set of tasks): Iso-C's Subspace Alignment Ratio of each task against the
   summed task matrix, SAR_t = ‖U_k U_kᵀ ΔW_t‖_F / ‖ΔW_t‖_F, with k where √(cumsum σ² / Σσ²) of ΣΔ first
-  reaches ``sar_energy`` (0.95).
+  reaches ``sar_energy`` (0.95), beside the task's ``overlap_with_base_top``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ SCHEMA_VERSION = 1
 PAIRED = True
 DESCRIPTION = "task subspaces: principal angles between fine-tunes' updates, alignment with the base (needs --base)"
 SIDES = ("left", "right", "both")
+# The checkpoints of this analysis are tasks: its tables also name them so.
+LABEL_ALIASES = {"checkpoint": "task", "checkpoint_a": "task_a", "checkpoint_b": "task_b"}
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ def _matrix(item: PairedMatrix, params: Params, cache: SvdCache, pairs: list[tup
     base = {"left": u0, "right": vh0.T}
     updates: dict[int, torch.Tensor | LoraUpdate] = {}
     svds: dict[int, TaskSvd] = {}
+    base_overlap: dict[tuple[int, str], float] = {}
     out: dict[str, list[dict]] = {t: [] for t in TABLES}
     for job, load in item.tuned:
         tuned = load()
@@ -161,11 +164,12 @@ def _matrix(item: PairedMatrix, params: Params, cache: SvdCache, pairs: list[tup
             q = (t.u if side == "left" else t.v)[:, :k]
             top = base[side][:, :k]
             energy = float(torch.linalg.norm(_project(update, top, side))) / norm if norm > 0 else math.nan
+            base_overlap[job, side] = float((top.T @ q).square().sum()) / k if k else math.nan
             out["tasks"].append({
                 "job": job, "tensor": name, "side": side, "k_requested": params.k, "k": k,
                 "rank": t.s.numel(), "factored": t.factored, "norm_update": norm,
                 "energy_captured": float((t.s[:k] ** 2).sum() / (t.s**2).sum()) if norm > 0 else math.nan,
-                "overlap_with_base_top": float((top.T @ q).square().sum()) / k if k else math.nan,
+                "overlap_with_base_top": base_overlap[job, side],
                 "overlap_chance": k / top.shape[0] if k else math.nan,
                 "base_top_energy": energy,
             })
@@ -174,7 +178,8 @@ def _matrix(item: PairedMatrix, params: Params, cache: SvdCache, pairs: list[tup
             out["pairs"] += _pair(name, a, b, svds[a], svds[b], params)
     members = [j for j in group if j in updates]
     if members:
-        out["alignment"] += _alignment(name, members, updates, w0.shape, params)
+        out["alignment"] += [row | {"overlap_with_base_top": base_overlap[row["job"], row["side"]]}
+                             for row in _alignment(name, members, updates, w0.shape, params)]
     return out
 
 
