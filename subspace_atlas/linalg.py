@@ -132,22 +132,6 @@ class UpdatedSvd:
     y: np.ndarray  # (p + rR, k)
 
 
-def top_svd(mat: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The top-k singular triplets ``U (m×k), S (k), Vh (k×n)`` of one matrix, descending, float64.
-
-    Lanczos (ARPACK, tolerance 0: converged to machine precision) on the matrix in float64, for when
-    only k ≪ min(m, n) triplets are needed: O(m·n) per product instead of a full O(m·n·min(m, n)) SVD.
-    """
-    from scipy.sparse.linalg import svds
-
-    a = mat.detach().to("cpu", torch.float64).numpy()
-    start = np.random.default_rng(seed).standard_normal(min(a.shape))
-    u, s, vh = svds(a, k=k, tol=0, v0=start, solver="arpack")
-    order = np.argsort(s)[::-1]
-    return (torch.from_numpy(np.ascontiguousarray(u[:, order])), torch.from_numpy(s[order].copy()),
-            torch.from_numpy(np.ascontiguousarray(vh[order])))
-
-
 def low_rank_update_svd(s0: torch.Tensor, u0: torch.Tensor, vh0: torch.Tensor, left: torch.Tensor,
                         right: torch.Tensor, scale: float, k: int, seed: int = 0) -> UpdatedSvd:
     """Top-k SVD of W = U0 diag(s0) Vh0 + scale·left@right without forming or decomposing W.

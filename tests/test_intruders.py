@@ -120,28 +120,3 @@ def test_params_reject_nonsense():
         intruders.Params(epsilon=(0.5, 1.5))
     with pytest.raises(ValueError):
         intruders.Params(top_k=0)
-
-
-def test_lanczos_top_k_path_for_dense_fine_tunes_matches_numpy(monkeypatch):
-    """Large dense fine-tunes keep only the wanted triplets, from Lanczos; the answers equal a full SVD's."""
-    monkeypatch.setattr(intruders, "FACTORED_MIN_DIM", 0)
-    gen = np.random.default_rng(5)
-    rows, cols = 190, 150
-    w0 = torch.tensor(gen.standard_normal((rows, cols)) * np.linspace(2, 0.2, cols))
-    w = w0 + torch.tensor(gen.standard_normal((rows, 3)) @ gen.standard_normal((3, cols)) * 0.7
-                          + 0.01 * gen.standard_normal((rows, cols)))
-    params = intruders.Params(svd_dtype="float64", side="both", spectrum_top=20)
-    tables = run_one(w0, w, params)
-    matrix = tables["matrices"].iloc[0]
-    assert matrix["method"] == "lanczos"
-    u, s, vh, max_cos, best = numpy_reference(w0.numpy(), w.numpy())
-    left = tables["vectors"][tables["vectors"]["side"] == "left"]
-    np.testing.assert_allclose(left["sigma"], s[:10], rtol=1e-10)
-    np.testing.assert_allclose(left["max_cos"], max_cos, atol=1e-8)
-    np.testing.assert_array_equal(left["best_match_index"], best)
-    np.testing.assert_allclose(tables["values"].query("which == 'tuned'")["sigma"], s[:20], rtol=1e-10)
-    assert matrix["norm_tuned"] == pytest.approx(np.linalg.norm(w.numpy()), rel=1e-10)
-    monkeypatch.setattr(intruders, "FACTORED_MIN_DIM", 10**9)
-    full = run_one(w0, w, params)
-    for col in ("mitigation_shift", "mitigated_update_ratio", "intruder_energy", "n_intruders"):
-        assert full["matrices"].iloc[0][col] == pytest.approx(matrix[col], rel=1e-8, abs=1e-12)

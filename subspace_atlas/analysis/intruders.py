@@ -7,9 +7,7 @@ u_j is an intruder when that maximum is below ε (PEFT's ``tuners/lora/intruders
 intruders, so the base side is always the full thin SVD (cached on disk, decomposed once).
 
 A LoRA update ΔW = scale·BA on a large matrix is not merged and re-decomposed: the top singular
-triplets of W come from the base SVD plus the rank-r factors (``linalg.low_rank_update_svd``). A
-dense fine-tune of a large matrix gets only the triplets kept (top-k vectors, leading values) by
-Lanczos (``linalg.top_svd``) on a CPU; on a GPU, batched full SVDs.
+triplets of W come from the base SVD plus the rank-r factors (``linalg.low_rank_update_svd``).
 
 Beyond the paper, PEFT's mitigation W' = W + (λ − 1)·Σ_intruders s_i u_i v_iᵀ is previewed: it
 scales the intruders' singular values by λ and moves W by (1 − λ)·√Σ s_i² in Frobenius norm; the
@@ -39,8 +37,8 @@ PAIRED = True  # compares each checkpoint with a --base
 DESCRIPTION = "intruder dimensions: new high-ranking singular vectors a fine-tune brings in (needs --base)"
 SIDES = ("left", "right", "both")
 
-# From this min(m, n) up, the factored LoRA update and Lanczos top-k beat a full SVD (measured on 2
-# CPU cores for the factored path, r = 8/64, k = 10/64: 1024² about even, 2048² 2–6×, 4096² 12–18×).
+# From this min(m, n) up, the factored LoRA update beats merging and a full SVD (measured on 2 CPU
+# cores, r = 8/64, k = 10/64: 1024² about even, 2048² 2–6× faster, 4096² 12–18× faster).
 FACTORED_MIN_DIM = 2048
 
 
@@ -118,21 +116,14 @@ def _matrix(item: PairedMatrix, params: Params, device: torch.device, batch_byte
     results: list[tuple[int, dict]] = []
     dense: list[tuple[int, torch.Tensor]] = []
     ranks: dict[int, int] = {}  # LoRA rank of the jobs whose update is an adapter
-    top_k_pays = _top_k_pays(params, s0.numel())
     for job, load in item.tuned:
         tuned = load()
         if isinstance(tuned, LoraUpdate):
             ranks[job] = tuned.rank
-            if top_k_pays:
+            if _factored_pays(tuned, params, s0.numel()):
                 results.append((job, _factored(tuned, u0, s0, vh0, params)))
                 continue
             tuned = w0() + tuned.dense(dtype).to(device)
-        if top_k_pays and device.type == "cpu":
-            w = tuned.to(dtype=dtype)
-            u, s, vh = (t.to(dtype) for t in linalg.top_svd(w, _wanted(params)))
-            results.append((job, _dense(w, w0(), u, s, vh, u0, s0, vh0, params)
-                                | {"method": "lanczos", "rank": ranks.get(job)}))
-            continue
         dense.append((job, tuned))
     for batch in _batches(dense, batch_bytes):
         jobs = [job for job, _ in batch]
@@ -145,13 +136,9 @@ def _matrix(item: PairedMatrix, params: Params, device: torch.device, batch_byte
     return _tables(item, results, s0.cpu().double().numpy(), params)
 
 
-def _wanted(params: Params) -> int:
-    return max(params.top_k, params.spectrum_top)
-
-
-def _top_k_pays(params: Params, p: int) -> bool:
-    """Whether only the wanted triplets (factored LoRA update, or Lanczos) beat a full SVD here."""
-    return p >= FACTORED_MIN_DIM and _wanted(params) + 2 <= p // 4
+def _factored_pays(update: LoraUpdate, params: Params, p: int) -> bool:
+    wanted = max(params.top_k, params.spectrum_top)
+    return p >= FACTORED_MIN_DIM and wanted + 2 <= p // 4
 
 
 def _batches(dense: list[tuple[int, torch.Tensor]], batch_bytes: int) -> Iterable[list[tuple[int, torch.Tensor]]]:
@@ -185,7 +172,7 @@ def _factored(update: LoraUpdate, u0: torch.Tensor, s0: torch.Tensor, vh0: torch
     """The same quantities from the base SVD and the LoRA factors, never forming W."""
     p = s0.numel()
     k = min(params.top_k, p)
-    top = _wanted(params)
+    top = max(k, min(params.spectrum_top, p))
     left, right, scale = update.left.double().cpu(), update.right.double().cpu(), update.scale
     res = linalg.low_rank_update_svd(s0.cpu(), u0.cpu(), vh0.cpu(), left, right, scale, top)
     x, y = res.x[:, :k], res.y[:, :k]
