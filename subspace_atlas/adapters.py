@@ -1,9 +1,10 @@
 """PEFT LoRA adapter folders read as weight updates: ΔW = scale · B A, kept in factored form.
 
 An adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``/``.bin``) names its
-targets by module; ``updates()`` maps each target's weight name (``<module>.weight``, without PEFT's
-``base_model.model.`` wrapper) to a ``LoraUpdate`` whose factors are oriented like the base weight
-(GPT-2 Conv1D ``fan_in_fan_out`` and embedding adapters are transposed here, as PEFT merges them).
+targets by module; ``targets()`` lists each target's weight (``<module>.weight``, without PEFT's
+``base_model.model.`` wrapper) and ``update(name)`` gives it as a ``LoraUpdate`` whose factors are
+oriented like the base weight (GPT-2 Conv1D ``fan_in_fan_out`` and embedding adapters are transposed
+here, as PEFT merges them).
 Full tensors an adapter stores (``modules_to_save``) come back from ``full_tensors()``.
 """
 
@@ -53,7 +54,6 @@ def is_adapter(ckpt: Checkpoint) -> bool:
 
 @dataclass(frozen=True)
 class _Target:
-    weight: str  # the base weight's name, e.g. "bert.encoder.layer.0.attention.self.query.weight"
     a_key: str
     b_key: str
     embedding: bool
@@ -81,10 +81,11 @@ class LoraAdapter:
         self._targets, self._full = self._scan()
 
     def _scan(self) -> tuple[dict[str, _Target], dict[str, str]]:
+        """``({base weight name: its factors}, {base tensor name: stored key of a whole tensor})``."""
+        infos = self.ckpt.tensors_by_name()
         factors: dict[str, dict[str, str]] = {}
         full: dict[str, str] = {}
-        for info in self.ckpt.tensors():
-            key = info.name
+        for key in infos:
             if any(f".{marker}" in key for marker in _UNSUPPORTED):
                 raise AtlasError(f"{self.ckpt.path}: tensor {key!r} belongs to an adapter type other than plain "
                                  "LoRA (DoRA, AdaLoRA, LoHa, LoKr, IA3), which is not merged here")
@@ -101,8 +102,7 @@ class LoraAdapter:
             if a is None or b is None:
                 raise AtlasError(f"{self.ckpt.path}: module {module!r} has only one of its two LoRA factors")
             name = module.removeprefix(_WRAPPER)
-            rank = self.ckpt.tensors_by_name()[a].shape[0]
-            targets[f"{name}.weight"] = _Target(f"{name}.weight", a, b, embedding, self._scale(name, rank))
+            targets[f"{name}.weight"] = _Target(a, b, embedding, self._scale(name, infos[a].shape[0]))
         if not targets:
             raise AtlasError(f"{self.ckpt.path}: an adapter folder without LoRA factors (lora_A / lora_B)")
         return targets, full
@@ -120,12 +120,12 @@ class LoraAdapter:
         """The weights this adapter updates, with the shape of the base weight it expects."""
         infos = self.ckpt.tensors_by_name()
         out = []
-        for target in self._targets.values():
+        for weight, target in self._targets.items():
             a, b = infos[target.a_key], infos[target.b_key]
             rows, cols = b.shape[0], a.shape[1]
             if target.embedding or self.fan_in_fan_out:
                 rows, cols = cols, rows
-            out.append(TensorInfo(target.weight, (rows, cols), a.dtype))
+            out.append(TensorInfo(weight, (rows, cols), a.dtype))
         return out
 
     def update(self, weight: str) -> LoraUpdate:

@@ -83,7 +83,7 @@ def sparsity_plans(root: Path, manifest: dict) -> list[list[jobs.Job]]:
         return []
     sparsity = analysis.get("sparsity")
     params = sparsity.Params()
-    base16 = open_checkpoints(root / cast["path"], name=f"{zoo.BF16_BASE}")[0]
+    base16 = open_checkpoints(root / cast["path"], name=zoo.BF16_BASE)[0]
     base32 = open_checkpoints(zoo.pretrained_model(root), name=f"{zoo.PRETRAIN_NAME} (fp32)")[0]
     finals = [c for r in runs for c in open_checkpoints(root / r["checkpoints"][-1]["path"], name=r["name"])]
     over_training = [c for r in runs for c in open_checkpoints(root / r["path"], name=r["name"])]

@@ -78,8 +78,8 @@ def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, 
             inputs |= {"base": base_identity, "base_name": base.name}
         jobs.append(Job(module, ckpt, params, tensors, identity,
                         fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity))
+    singles = list(jobs)
     if cross and getattr(module, "CROSS_TABLES", ()):
-        singles = list(jobs)
         for i, a in enumerate(singles):
             for b in singles[i + 1:]:
                 inputs = {"a": a.identity, "b": b.identity, "names": [a.checkpoint.name, b.checkpoint.name],
@@ -88,8 +88,7 @@ def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, 
                 jobs.append(Job(module, a.checkpoint, params, tensors, a.identity,
                                 fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity,
                                 other=b.checkpoint))
-    if getattr(module, "GROUP_TABLES", ()) and checkpoints:
-        singles = [j for j in jobs if j.other is None]
+    if getattr(module, "GROUP_TABLES", ()) and singles:
         inputs = {"members": [[j.identity, j.checkpoint.name, j.checkpoint.step, j.checkpoint.run] for j in singles],
                   "tensors": tensors, "base": base_identity, "base_name": base.name, "group": True}
         jobs.append(Job(module, singles[0].checkpoint, params, tensors, singles[0].identity,
@@ -168,20 +167,22 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
         module, base = group[0].module, group[0].base
         cross_tables = getattr(module, "CROSS_TABLES", ())
         group_tables = getattr(module, "GROUP_TABLES", ())
-        members = [c for job in group for c in (job.checkpoint, job.other, *job.group) if c is not None]
-        checkpoints: dict[tuple[str, str], int] = {}  # (path, name) → index in the matrix-major work
-        for ckpt in members:
-            checkpoints.setdefault((str(ckpt.path), ckpt.name), len(checkpoints))
-        by_index = {checkpoints[(str(c.path), c.name)]: c for c in members}
-        index = {id(c): checkpoints[(str(c.path), c.name)] for c in members}
-        items = pair_items(group[0], [by_index[k] for k in range(len(by_index))], matrices_of)
-        crosses = sorted({(index[id(j.checkpoint)], index[id(j.other)]) for j in group if j.other is not None})
+        # Every checkpoint the group's jobs need, once each, in order: its position is its index in the work.
+        members = {(str(c.path), c.name): c for job in group for c in (job.checkpoint, job.other, *job.group) if c}
+        ordered = list(members.values())
+        position = {key: k for k, key in enumerate(members)}
+
+        def index(ckpt: Checkpoint) -> int:
+            return position[(str(ckpt.path), ckpt.name)]
+
+        items = pair_items(group[0], ordered, matrices_of)
+        crosses = sorted({(index(j.checkpoint), index(j.other)) for j in group if j.other is not None})
         total = sum(len(item.tuned) for item in items)
         t0 = time.perf_counter()
         extra = {"pairs": crosses} if cross_tables else {}
         whole = next((j for j in group if j.group), None)
         if group_tables:
-            extra["group"] = [index[id(c)] for c in whole.group] if whole else []
+            extra["group"] = [index(c) for c in whole.group] if whole else []
         with tqdm(total=total, unit="pair", disable=None, file=sys.stderr, leave=False,
                   desc=f"{module.NAME} vs {base.name}") as bar:
             tables = module.compute(items, group[0].params, device, batch_bytes, cache=SvdCache(default_root()),
@@ -190,18 +191,18 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
         for job in group:
             if job.group:
                 label = " + ".join(c.name for c in job.group)  # which set of checkpoints the rows belong to
-                mine = {name: _label_members(frame, [by_index[k] for k in range(len(by_index))], base)
-                        .assign(group=label) for name, frame in tables.items() if name in group_tables}
+                mine = {name: _label_members(frame, ordered, base).assign(group=label)
+                        for name, frame in tables.items() if name in group_tables}
                 problem, n = None, 0
             elif job.other is None:
-                k = index[id(job.checkpoint)]
+                k = index(job.checkpoint)
                 mine = {name: _label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
                                      job.checkpoint, base)
                         for name, frame in tables.items() if name not in cross_tables + group_tables}
                 problem = module.validate(mine["matrices"]) if hasattr(module, "validate") else None
                 n = sum(1 for item in items for j, _ in item.tuned if j == k)
             else:
-                a, b = index[id(job.checkpoint)], index[id(job.other)]
+                a, b = index(job.checkpoint), index(job.other)
                 mine = {name: _label_cross(frame[(frame["a"] == a) & (frame["b"] == b)].drop(columns=["a", "b"])
                                            .reset_index(drop=True), job.checkpoint, job.other, base)
                         for name, frame in tables.items() if name in cross_tables}

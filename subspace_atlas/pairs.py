@@ -8,18 +8,24 @@ base's, base matrices the checkpoint lacks, an adapter trained on another base, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
+from typing import TypeVar
 
+import pandas as pd
 import torch
 
+from subspace_atlas import linalg
 from subspace_atlas.adapters import LoraAdapter, LoraUpdate, is_adapter, recorded_base
 from subspace_atlas.checkpoints import Checkpoint, TensorInfo, open_checkpoints, select_matrices
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.naming import align
+from subspace_atlas.parallel import bounded_map
 from subspace_atlas.svdcache import SvdCache
 
 Loader = Callable[[], torch.Tensor | LoraUpdate]
+R = TypeVar("R")
 
 # Stored bytes of base matrices and their fine-tuned versions being compared at once; one larger
 # matrix runs alone. Keeps peak memory near the largest matrix's work, not two of them.
@@ -36,9 +42,33 @@ class PairedMatrix:
     tuned: list[tuple[int, Loader]]  # (job index, loader of a dense matrix or a LoRA update)
 
 
-def bytes_of(item: PairedMatrix) -> int:
+def _bytes_of(item: PairedMatrix) -> int:
     """Stored bytes a paired matrix brings into memory: the base and each fine-tuned version."""
     return item.info.nbytes * (1 + len(item.tuned))
+
+
+def map_pairs(work: Callable[[PairedMatrix], R], items: Iterable[PairedMatrix], device: torch.device,
+              workers: int | None, progress: Callable[[int], None]) -> Iterator[R]:
+    """``work`` on each paired matrix, results in order, reporting each matrix's pairs to ``progress``.
+
+    ``workers`` at once (default: torch's thread count on a CPU, each single-threaded; one on a GPU),
+    started only while their stored bytes stay within ``INFLIGHT_BYTES``.
+    """
+    workers = workers or (torch.get_num_threads() if device.type == "cpu" else 1)
+
+    def one(item: PairedMatrix) -> R:
+        out = work(item)
+        progress(len(item.tuned))
+        return out
+
+    with linalg.single_threaded(workers > 1):
+        yield from bounded_map(one, items, _bytes_of, workers, INFLIGHT_BYTES)
+
+
+def empty_table(*keys: str) -> pd.DataFrame:
+    """A result table with no rows that still has its key columns (``job``, or ``a`` and ``b``) and ``tensor``,
+    so the runner can split and label it like any other."""
+    return pd.DataFrame({**{k: pd.Series(dtype="int64") for k in keys}, "tensor": pd.Series(dtype=str)})
 
 
 def pair_items(job, checkpoints: Sequence[Checkpoint], matrices_of: Callable) -> list[PairedMatrix]:
@@ -50,13 +80,16 @@ def pair_items(job, checkpoints: Sequence[Checkpoint], matrices_of: Callable) ->
     selected = {info.name: info for info in matrices_of(job, base)}
     everything = base.tensors_by_name()
     same_dtype = getattr(job.module, "SAME_DTYPE", False)
+    identity_of = cache(lambda path: open_checkpoints(path)[0].identity())  # a run's adapters share one base
     tuned: dict[str, list[tuple[int, Loader]]] = {name: [] for name in selected}
     for k, ckpt in enumerate(checkpoints):
-        if is_adapter(ckpt) and same_dtype:
+        if not is_adapter(ckpt):
+            found = _dense_loaders(ckpt, base, everything, selected, same_dtype)
+        elif same_dtype:
             raise AtlasError(f"{ckpt.path}: a LoRA adapter folder; {job.module.NAME} compares stored weights entry "
                              "by entry, so merge the adapter (PEFT merge_and_unload) and pass the merged model")
-        found = (_adapter_loaders if is_adapter(ckpt) else _dense_loaders)(ckpt, base, everything, selected,
-                                                                           job.base_identity, same_dtype)
+        else:
+            found = _adapter_loaders(ckpt, base, everything, selected, job.base_identity, identity_of)
         for name, loader in found.items():
             tuned[name].append((k, loader))
     items = [PairedMatrix(info, SvdCache.key(job.base_identity, name, info.shape),
@@ -79,7 +112,7 @@ def _check_shape(ckpt: Checkpoint, info: TensorInfo, base: Checkpoint, base_info
 
 
 def _dense_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, TensorInfo],
-                   selected: dict[str, TensorInfo], base_identity: str, same_dtype: bool) -> dict[str, Loader]:
+                   selected: dict[str, TensorInfo], same_dtype: bool) -> dict[str, Loader]:
     taken, _ = select_matrices(ckpt.tensors())
     to_base = align(list(everything), [i.name for i in taken])
     mine = {to_base[i.name]: i for i in reversed(taken) if i.name in to_base}  # first wins on a tie
@@ -94,10 +127,11 @@ def _dense_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, Ten
 
 
 def _adapter_loaders(ckpt: Checkpoint, base: Checkpoint, everything: dict[str, TensorInfo],
-                     selected: dict[str, TensorInfo], base_identity: str, same_dtype: bool) -> dict[str, Loader]:
+                     selected: dict[str, TensorInfo], base_identity: str,
+                     identity_of: Callable[[object], str]) -> dict[str, Loader]:
     adapter = LoraAdapter(ckpt)
     trained_on = recorded_base(adapter)
-    if trained_on is not None and open_checkpoints(trained_on)[0].identity() != base_identity:
+    if trained_on is not None and identity_of(trained_on) != base_identity:
         raise AtlasError(f"{ckpt.path}: this adapter was trained on {trained_on} (adapter_config.json), "
                          f"which is not --base {base.path}")
     found: dict[str, Loader] = {}

@@ -66,10 +66,10 @@ class Store:
         for name, frame in tables.items():
             table = pa.Table.from_pandas(frame, preserve_index=False)
             table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: meta.encode()})
-            _atomic(self.root / analysis / name / f"part-{fp}.parquet",
+            atomic_write(self.root / analysis / name / f"part-{fp}.parquet",
                     lambda tmp, table=table: pq.write_table(table, tmp, compression="zstd"))
         manifest = json.loads(meta) | {"tables": {k: len(v) for k, v in tables.items()}}
-        _atomic(self._manifest(analysis, fp),
+        atomic_write(self._manifest(analysis, fp),
                 lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1, default=str)))
 
     def delete(self, analysis: str, fp: str) -> None:
@@ -117,8 +117,11 @@ class Store:
         return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in self.root.glob(f"*/{JOBS}/*.json")))
 
 
-def _atomic(target: Path, write) -> None:
-    """Write through ``write(tmp_path)`` to a hidden temporary name beside ``target``, then rename."""
+def atomic_write(target: Path, write) -> None:
+    """Write through ``write(tmp_path)`` to a hidden temporary name beside ``target``, then rename.
+
+    A reader sees the old file or the new one, never half of one (also used by the SVD cache).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

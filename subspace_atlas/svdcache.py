@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from subspace_atlas import linalg
+from subspace_atlas.store import atomic_write
 
 
 def default_root() -> Path:
@@ -30,8 +33,6 @@ class SvdCache:
 
     def __init__(self, root: str | os.PathLike | None):
         self.root = None if root is None else Path(root).expanduser() / "svd"
-        self.hits = 0
-        self.misses = 0
 
     @staticmethod
     def key(*parts: object) -> str:
@@ -44,16 +45,12 @@ class SvdCache:
 
         path = self._path(key)
         if path is None or not path.is_file():
-            self.misses += 1
             return None
         try:
             found = load_file(path)
-            entry = found["U"], found["S"], found["Vh"]
+            return found["U"], found["S"], found["Vh"]
         except (SafetensorError, KeyError, OSError, RuntimeError):
-            self.misses += 1
             return None
-        self.hits += 1
-        return entry
 
     def put(self, key: str, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> None:
         from safetensors.torch import save_file
@@ -61,15 +58,22 @@ class SvdCache:
         path = self._path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tensors = {"U": u.contiguous().cpu(), "S": s.contiguous().cpu(), "Vh": vh.contiguous().cpu()}
         try:
-            save_file({"U": u.contiguous().cpu(), "S": s.contiguous().cpu(), "Vh": vh.contiguous().cpu()}, tmp)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: save_file(tensors, tmp))
         except OSError:  # a full or read-only disk costs only the cache
             pass
-        finally:
-            tmp.unlink(missing_ok=True)
+
+    def svd(self, key: str, matrix: Callable[[], torch.Tensor], dtype: torch.dtype,
+            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The thin SVD (on the CPU) of the matrix ``key`` names in ``dtype``: from the cache, or computed
+        from ``matrix()`` on ``device`` and stored; the matrix is loaded only on a miss."""
+        key = self.key(key, str(dtype))
+        found = self.get(key)
+        if found is None:
+            found = tuple(t.cpu() for t in linalg.svd(matrix(), dtype, device))
+            self.put(key, *found)
+        return found
 
     def _path(self, key: str) -> Path | None:
         return None if self.root is None else self.root / key[:2] / f"{key}.safetensors"

@@ -21,16 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 
-from subspace_atlas import linalg
 from subspace_atlas.adapters import LoraUpdate
 from subspace_atlas.checkpoints import select_matrices
-from subspace_atlas.pairs import INFLIGHT_BYTES, PairedMatrix, bytes_of as _bytes_of
-from subspace_atlas.parallel import bounded_map
+from subspace_atlas.pairs import PairedMatrix, empty_table, map_pairs
 from subspace_atlas.svdcache import SvdCache
 
 NAME = "angles"
@@ -113,24 +112,15 @@ def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device 
             group: list[int] | None = None) -> dict[str, pd.DataFrame]:
     """``tasks`` rows carry ``job``; ``pairs`` rows ``a``, ``b``; ``alignment`` rows ``job`` (a group member)."""
     device = device or torch.device("cpu")
-    workers = workers or (torch.get_num_threads() if device.type == "cpu" else 1)
     cache = cache or SvdCache(None)
     pairs = list(pairs)
-
-    def one(item: PairedMatrix) -> dict[str, list[dict]]:
-        out = _matrix(item, params, cache, pairs, group or [])
-        progress(len(item.tuned))
-        return out
-
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
-    with linalg.single_threaded(workers > 1):
-        for out in bounded_map(one, items, _bytes_of, workers, INFLIGHT_BYTES):
-            for name, found in out.items():
-                rows[name] += found
+    work = partial(_matrix, params=params, cache=cache, pairs=pairs, group=group or [])
+    for out in map_pairs(work, items, device, workers, progress):
+        for name, found in out.items():
+            rows[name] += found
     keys = {"tasks": ("job",), "pairs": ("a", "b"), "alignment": ("job",)}
-    return {name: pd.DataFrame(found) if found else pd.DataFrame(
-        {**{k: pd.Series(dtype="int64") for k in keys[name]}, "tensor": pd.Series(dtype=str)})
-        for name, found in rows.items()}
+    return {name: pd.DataFrame(found) if found else empty_table(*keys[name]) for name, found in rows.items()}
 
 
 def _sides(params: Params) -> list[str]:
@@ -141,12 +131,7 @@ def _matrix(item: PairedMatrix, params: Params, cache: SvdCache, pairs: list[tup
             group: list[int]) -> dict[str, list[dict]]:
     name = item.info.name
     w0 = item.load_base().double()
-    key = SvdCache.key(item.cache_key, "torch.float64")
-    found = cache.get(key)
-    if found is None:
-        found = tuple(t.cpu() for t in linalg.svd(w0, torch.float64))
-        cache.put(key, *found)
-    u0, _, vh0 = (t.double() for t in found)
+    u0, _, vh0 = cache.svd(item.cache_key, lambda: w0, torch.float64)
     base = {"left": u0, "right": vh0.T}
     updates: dict[int, torch.Tensor | LoraUpdate] = {}
     svds: dict[int, TaskSvd] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,7 @@ import torch
 from subspace_atlas import linalg
 from subspace_atlas.adapters import LoraUpdate
 from subspace_atlas.checkpoints import select_matrices
-from subspace_atlas.pairs import INFLIGHT_BYTES, PairedMatrix, bytes_of as _bytes_of
-from subspace_atlas.parallel import bounded_map
+from subspace_atlas.pairs import PairedMatrix, empty_table, map_pairs
 from subspace_atlas.svdcache import SvdCache
 
 NAME = "intruders"
@@ -78,20 +78,13 @@ def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device 
     matrix are decomposed together in batches of up to ``batch_bytes`` (pays on a GPU).
     """
     device = device or torch.device("cpu")
-    workers = workers or (torch.get_num_threads() if device.type == "cpu" else 1)
     cache = cache or SvdCache(None)
     out: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
-
-    def one(item: PairedMatrix) -> dict[str, list[pd.DataFrame]]:
-        tables = _matrix(item, params, device, batch_bytes, cache)
-        progress(len(item.tuned))
-        return tables
-
-    with linalg.single_threaded(workers > 1):
-        for tables in bounded_map(one, items, _bytes_of, workers, INFLIGHT_BYTES):
-            for name, frames in tables.items():
-                out[name] += frames
-    tables = {name: pd.concat(frames, ignore_index=True) if frames else _EMPTY[name]() for name, frames in out.items()}
+    work = partial(_matrix, params=params, device=device, batch_bytes=batch_bytes, cache=cache)
+    for tables in map_pairs(work, items, device, workers, progress):
+        for name, frames in tables.items():
+            out[name] += frames
+    tables = {name: pd.concat(frames, ignore_index=True) if frames else empty_table("job") for name, frames in out.items()}
     if "lora_rank" in tables["matrices"]:
         tables["matrices"]["lora_rank"] = tables["matrices"]["lora_rank"].astype("Int64")
     return tables
@@ -107,12 +100,7 @@ def _matrix(item: PairedMatrix, params: Params, device: torch.device, batch_byte
             base.append(item.load_base().to(device=device, dtype=dtype))
         return base[0]
 
-    key = SvdCache.key(item.cache_key, str(dtype))
-    found = cache.get(key)
-    if found is None:
-        found = tuple(t.cpu() for t in linalg.svd(w0(), dtype, device))
-        cache.put(key, *found)
-    u0, s0, vh0 = (t.to(device=device, dtype=dtype) for t in found)
+    u0, s0, vh0 = (t.to(device=device, dtype=dtype) for t in cache.svd(item.cache_key, w0, dtype, device))
     results: list[tuple[int, dict]] = []
     dense: list[tuple[int, torch.Tensor]] = []
     ranks: dict[int, int] = {}  # LoRA rank of the jobs whose update is an adapter
@@ -245,12 +233,6 @@ def _tables(item: PairedMatrix, results: list[tuple[int, dict]], s0: np.ndarray,
             "index": np.concatenate([np.arange(n_base), np.arange(min(n_base, sigma.size))]),
             "sigma": values[:n_base + min(n_base, sigma.size)]}))
     return out
-
-
-_EMPTY: dict[str, Callable[[], pd.DataFrame]] = {
-    name: (lambda: pd.DataFrame({"job": pd.Series(dtype="int64"), "tensor": pd.Series(dtype=str)}))
-    for name in TABLES
-}
 
 
 def validate(matrices: pd.DataFrame) -> str | None:

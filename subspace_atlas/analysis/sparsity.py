@@ -23,16 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 
-from subspace_atlas import linalg
 from subspace_atlas.checkpoints import select_matrices
 from subspace_atlas.errors import AtlasError
-from subspace_atlas.pairs import INFLIGHT_BYTES, PairedMatrix, bytes_of as _bytes_of
-from subspace_atlas.parallel import bounded_map
+from subspace_atlas.pairs import PairedMatrix, empty_table, map_pairs
 
 NAME = "sparsity"
 TABLES = ("matrices", "overlap")
@@ -106,24 +105,15 @@ def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device 
             pairs: Iterable[tuple[int, int]] = ()) -> dict[str, pd.DataFrame]:
     """Per (matrix, fine-tune) rows with a ``job`` index; per (matrix, fine-tune pair) rows with ``a``, ``b``."""
     device = device or torch.device("cpu")
-    workers = workers or (torch.get_num_threads() if device.type == "cpu" else 1)
     pairs = list(pairs)
-
-    def one(item: PairedMatrix) -> tuple[list[dict], list[dict]]:
-        out = _matrix(item, params, device, pairs)
-        progress(len(item.tuned))
-        return out
-
     rows: list[dict] = []
     overlaps: list[dict] = []
-    with linalg.single_threaded(workers > 1):
-        for mine, cross in bounded_map(one, items, _bytes_of, workers, INFLIGHT_BYTES):
-            rows += mine
-            overlaps += cross
-    matrices = pd.DataFrame(rows) if rows else pd.DataFrame({"job": pd.Series(dtype="int64"),
-                                                            "tensor": pd.Series(dtype=str)})
-    overlap = pd.DataFrame(overlaps) if overlaps else pd.DataFrame(
-        {"a": pd.Series(dtype="int64"), "b": pd.Series(dtype="int64"), "tensor": pd.Series(dtype=str)})
+    work = partial(_matrix, params=params, device=device, pairs=pairs)
+    for mine, cross in map_pairs(work, items, device, workers, progress):
+        rows += mine
+        overlaps += cross
+    matrices = pd.DataFrame(rows) if rows else empty_table("job")
+    overlap = pd.DataFrame(overlaps) if overlaps else empty_table("a", "b")
     if "update_rank" in matrices:
         matrices["update_rank"] = matrices["update_rank"].astype("Int64")
     return {"matrices": matrices, "overlap": overlap}

@@ -270,7 +270,7 @@ def _build_run(root: Path, spec: RunSpec, recipe, sc: Scale, scale: str, seed: i
         "checkpoints": [{**c, "path": f"{spec.name}/{c['path']}"} for c in result.pop("checkpoints")],
         "merged": f"{spec.name}/{result.pop('merged')}" if result.get("merged") else result.pop("merged", None),
         "metrics": metrics, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
-        "seed": seed + (spec.rank or 0) if spec.kind in ("rl", "sft") else seed, "scale": scale,
+        "seed": getattr(recipe, "seed", seed), "scale": scale,
         "description": spec.description(), "recipe": asdict(recipe) if recipe else None, "fingerprint": fingerprint,
         **result,
     }
