@@ -144,6 +144,11 @@ def test_angles_page_on_demo_shows_tasks_pairs_and_alignment(monkeypatch):
     assert not at.exception
     assert set(at.dataframe[0].value["checkpoint_a"]) | set(at.dataframe[0].value["checkpoint_b"]) == {
         "sentiment-full", "topic-full"}
+    whole = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["z"]
+    at.selectbox(key="angles_layer").set_value(5).run()
+    assert not at.exception
+    layer5 = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]["z"]
+    assert layer5 != whole  # one layer's overlap, not the model's mean
     at.radio(key="angles_value").set_value("mean_angle_deg").run()
     at.selectbox(key="angles_side").set_value("right").run()
     assert not at.exception

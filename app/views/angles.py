@@ -31,8 +31,12 @@ if view.empty:
 
 grid, layers, one, aligned, raw = st.tabs(["Task × task", "By layer", "One pair", "Alignment", "Table"])
 with grid:
-    value = st.radio("Show", ["overlap", "mean_angle_deg"], horizontal=True, key="angles_value")
-    st.plotly_chart(charts.task_overlap_matrix(view, value), key="angles_matrix")
+    g1, g2 = st.columns([2, 3])
+    value = g1.radio("Show", ["overlap", "mean_angle_deg"], horizontal=True, key="angles_value")
+    layer_choices = ["whole model"] + [int(x) for x in sorted(view["layer"].dropna().unique())]
+    layer = g2.selectbox("Layer", layer_choices, key="angles_layer", help="The mean over every selected matrix, or one layer's")
+    st.plotly_chart(charts.task_overlap_matrix(view if layer == "whole model" else view[view["layer"] == layer],
+                                               value), key="angles_matrix")
 with layers:
     st.plotly_chart(charts.overlap_by_layer(view), key="angles_layers")
 with one:
