@@ -401,3 +401,115 @@ def sar_by_task(alignment: pd.DataFrame) -> go.Figure:
     fig = px.line(mean, x="layer", y="sar", color="checkpoint", markers=True)
     fig.update_layout(title="Subspace Alignment Ratio with the summed task matrix (Iso-C)", yaxis_range=[0, 1.02])
     return fig
+
+
+# ---------------------------------------------------------------- training dynamics (overlap)
+
+REFERENCE_FLAGS = {"previous": "previous", "first": "from_first", "last": "to_last"}
+
+
+def against_reference(pairs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The pairs comparing each checkpoint with its previous, the first or the last one; ``step`` = the other end."""
+    rows = pairs[pairs[REFERENCE_FLAGS[reference]].astype(bool)]
+    return rows.assign(step=rows["step_a"] if reference == "last" else rows["step_b"])
+
+
+def overlap_over_steps(rows: pd.DataFrame, reference: str) -> go.Figure:
+    """Overlap vs step, one line per layer, one panel per kind, with the chance level dotted."""
+    rows = rows.dropna(subset=["overlap"])
+    if rows.empty:
+        return _empty("no overlaps for these filters")
+    mean = rows.groupby(["kind", "layer", "step"], dropna=False, as_index=False).agg(
+        overlap=("overlap", "mean"), chance=("chance", "mean"))
+    mean["layer"] = mean["layer"].astype("string").fillna("—")
+    fig = px.line(mean.sort_values("step"), x="step", y="overlap", color="layer", facet_col="kind",
+                  facet_col_wrap=3, markers=True, range_y=[0, 1.02])
+    chance = float(mean["chance"].mean())
+    fig.add_hline(y=chance, line_dash="dot", line_color="grey", annotation_text=f"chance ≈ {chance:.2g}")
+    fig.update_layout(title=f"Top-k subspace overlap with the {reference} checkpoint", height=480)
+    return fig
+
+
+def overlap_layer_step(rows: pd.DataFrame, reference: str) -> go.Figure:
+    """Layer × step heatmap of the overlap (mean over the selected kinds)."""
+    rows = rows.dropna(subset=["layer", "overlap"])
+    if rows.empty:
+        return _empty("no per-layer overlaps for these filters")
+    grid = rows.pivot_table(index="layer", columns="step", values="overlap", aggfunc="mean")
+    fig = px.imshow(grid, aspect="auto", color_continuous_scale="Viridis", zmin=0, zmax=1,
+                    labels={"x": "step", "y": "layer", "color": "overlap"})
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    fig.update_layout(title=f"Overlap with the {reference} checkpoint, by layer and step")
+    return fig
+
+
+def checkpoint_overlap_matrix(rows: pd.DataFrame) -> go.Figure:
+    """Checkpoint × checkpoint overlap of one matrix's subspaces (symmetric; blank where not computed)."""
+    if rows.empty:
+        return _empty("no pairs for this matrix")
+    steps = sorted(set(rows["step_a"].dropna()) | set(rows["step_b"].dropna()))
+    grid = pd.DataFrame(np.nan, index=steps, columns=steps)
+    for a, b, value in rows[["step_a", "step_b", "overlap"]].itertuples(index=False):
+        grid.loc[a, b] = grid.loc[b, a] = value
+    for s in steps:
+        grid.loc[s, s] = 1.0
+    fig = px.imshow(grid, color_continuous_scale="Viridis", zmin=0, zmax=1,
+                    labels={"x": "step", "y": "step", "color": "overlap"})
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    missing = int(grid.isna().to_numpy().sum())
+    note = f" ({missing // 2} pairs not computed: rerun with --reference all)" if missing else ""
+    fig.update_layout(title=f"{rows['tensor'].iloc[0]}: overlap between checkpoints{note}")
+    return fig
+
+
+def convergence_by_layer(convergence: pd.DataFrame, column: str = "settled_step") -> go.Figure:
+    """Per layer and kind of subspace: the step after which every matrix of the layer stopped moving."""
+    rows = convergence.dropna(subset=["layer"])
+    if rows.empty:
+        return _empty("no per-layer convergence")
+    per = rows.groupby(["of", "layer"], as_index=False).agg(
+        step=(column, lambda s: s.max() if s.notna().all() else np.nan),
+        settled=(column, lambda s: int(s.notna().sum())), matrices=(column, "size"))
+    never = per[per["step"].isna()]
+    fig = px.bar(per, x="layer", y="step", color="of", barmode="group", hover_data=["settled", "matrices"])
+    if not never.empty:
+        fig.add_trace(go.Scatter(x=never["layer"], y=[0] * len(never), mode="markers", name="not settled",
+                                 marker={"symbol": "x", "size": 12, "color": "black"},
+                                 text=never["of"], hovertemplate="layer %{x}: %{text} never settled"))
+    fig.update_xaxes(type="category")
+    what = "stays ≥ the threshold with the previous checkpoint" if column == "settled_step" else \
+        "reaches Q-GaLore's leading-vector threshold"
+    fig.update_layout(title=f"Step from which every matrix of a layer {what}", yaxis_title="step")
+    return fig
+
+
+def spectrum_over_training(spectrum: pd.DataFrame) -> go.Figure:
+    """One matrix's singular values at every checkpoint, coloured from early (dark) to late (light)."""
+    if spectrum.empty:
+        return _empty("no spectra stored for this matrix")
+    rows = spectrum.sort_values("step")
+    steps = rows["step"].astype(float).to_numpy()
+    span = (steps - steps.min()) / (np.ptp(steps) or 1)
+    colors = px.colors.sample_colorscale("Viridis", list(span))
+    fig = go.Figure()
+    for (step, sigma), color in zip(rows[["step", "sigma"]].itertuples(index=False), colors):
+        sigma = np.asarray(sigma)
+        fig.add_trace(go.Scatter(x=np.arange(1, sigma.size + 1), y=sigma, mode="lines", name=f"step {step}",
+                                 line={"color": color}))
+    fig.update_layout(title=f"{rows['tensor'].iloc[0]}: singular values over training",
+                      xaxis_title="index i", yaxis_title="σ_i", yaxis_type="log")
+    return fig
+
+
+def welore_over_steps(welore: pd.DataFrame, share: float) -> go.Figure:
+    """WeLore: the fraction of min-max normalised σ below τ over training, per kind, with the LRC line."""
+    if welore.empty:
+        return _empty("no WeLore values for these filters")
+    mean = welore.groupby(["kind", "step"], as_index=False)["fraction_below"].mean()
+    fig = px.line(mean.sort_values("step"), x="step", y="fraction_below", color="kind", markers=True,
+                  range_y=[0, 1])
+    fig.add_hline(y=share, line_dash="dot", line_color="grey", annotation_text="low-rank component above")
+    fig.update_layout(title="Share of normalised singular values below τ (heavier tail → higher)")
+    return fig

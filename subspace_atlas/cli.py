@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                                if getattr(module, "PAIRED", False) else ""))
         if getattr(module, "PAIRED", False):
             p.add_argument("--base", required=True, metavar="CKPT", help="the pretrained checkpoint they start from")
+        if getattr(module, "RUN", False):
+            p.add_argument("--start", metavar="CKPT",
+                           help="the checkpoint the run started from (e.g. the pretrained base), put first at step 0")
         if getattr(module, "CROSS_TABLES", ()):
             p.add_argument("--no-overlap", action="store_true",
                            help=f"skip the {', '.join(module.CROSS_TABLES)} table(s) comparing every two checkpoints")
@@ -107,8 +110,14 @@ def _run_analysis(args: argparse.Namespace) -> int:
         if len(found) != 1:
             raise AtlasError(f"--base {args.base}: a run folder of {len(found)} checkpoints; give one checkpoint")
         base = found[0]
+    start = None
+    if getattr(args, "start", None):
+        found = open_checkpoints(*_named(args.start))
+        if len(found) != 1:
+            raise AtlasError(f"--start {args.start}: a run folder of {len(found)} checkpoints; give one checkpoint")
+        start = found[0]
     planned = jobs.plan(module, checkpoints, params, args.tensors, base=base,
-                        cross=not getattr(args, "no_overlap", False))
+                        cross=not getattr(args, "no_overlap", False), start=start)
     store = Store(args.store)
     if store.root.exists() and not store.root.is_dir():
         raise AtlasError(f"--store {store.root}: exists and is not a folder")

@@ -13,6 +13,10 @@
    and the float32 finals against the float32 base (what bf16 storage hides).
 6. Task-subspace angles between the three tasks' fine-tunes (full and LoRA r = 8), and between the
    continual run's two phases and the single-task full fine-tunes.
+7. Training dynamics (overlap): the pretraining run (every two checkpoints compared) and its RL and
+   SFT fine-tunes from the bf16 base, with gradients on a fixed batch of held-out stdlib code; the
+   MiniLM full fine-tunes from the base (weights, updates and steps: their classifier heads have no
+   language-model loss to take gradients through).
 
 Later analyses add their jobs here, so one command rebuilds everything the demo shows.
 """
@@ -47,7 +51,8 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
     base = open_checkpoints(minilm_path(), name=zoo.BASE_NAME)[0]
     planned_pairs = jobs.plan(intruders, fine_tunes(root, manifest), intruders.Params(), base=base)
     computed = skipped = 0
-    for batch in (planned, planned_pairs, *sparsity_plans(root, manifest), *angle_plans(root, manifest, base)):
+    for batch in (planned, planned_pairs, *sparsity_plans(root, manifest), *angle_plans(root, manifest, base),
+                  *overlap_plans(root, manifest, base)):
         outcome = jobs.run(batch, target, device_)
         computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
     print(f"demo: {computed} job(s) computed, {skipped} already stored → {target.root}", file=sys.stderr)
@@ -110,6 +115,48 @@ def angle_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[jobs.
         singles = [c for name in ("sentiment-full", "topic-full")
                    for c in open_checkpoints(root / runs[name]["merged"], name=name)]
         plans.append(jobs.plan(angles, phases + singles, angles.Params(), base=base))
+    return plans
+
+
+def gradient_text(root: Path, chars: int = 200_000) -> Path:
+    """A fixed text for gradient batches: held-out stdlib files (never trained on), in a stable order."""
+    from subspace_atlas.zoo.tasks import is_heldout_file, stdlib_files
+
+    target = root / "gradient-batch.txt"
+    if not target.is_file():
+        parts, size = [], 0
+        for path in sorted(stdlib_files()):
+            if size >= chars:
+                break
+            if is_heldout_file(path, 0):
+                text = path.read_text(encoding="utf-8", errors="replace")
+                parts.append(text)
+                size += len(text)
+        target.write_text("".join(parts)[:chars], encoding="utf-8")
+    return target
+
+
+def overlap_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[jobs.Job]]:
+    """Pretraining, RL and SFT runs with gradients; MiniLM full fine-tunes' weights, updates and steps."""
+    overlap = analysis.get("overlap")
+    runs = {r["name"]: r for r in manifest["runs"]}
+    plans = []
+    text = str(gradient_text(root))
+    pretrain = runs.get(zoo.PRETRAIN_NAME)
+    with_gradients = overlap.Params(of=("weights", "updates", "steps", "gradients"), data=text)
+    if pretrain:
+        ckpts = open_checkpoints(root / pretrain["path"], name=pretrain["name"])
+        plans.append(jobs.plan(overlap, ckpts, overlap.Params(of=with_gradients.of, data=text, reference=("all",))))
+    cast = next((r for r in manifest["runs"] if r["kind"] == "cast"), None)
+    tuned = [c for r in manifest["runs"] if r["kind"] in ("rl", "sft")
+             for c in open_checkpoints(root / r["path"], name=r["name"])]
+    if tuned and cast:
+        start = open_checkpoints(root / cast["path"], name=zoo.BF16_BASE)[0]
+        plans.append(jobs.plan(overlap, tuned, with_gradients, start=start))
+    full = [c for r in manifest["runs"] if r["kind"] == "finetune" and r["method"] == "full"
+            for c in open_checkpoints(root / r["path"], name=r["name"])]
+    if full:
+        plans.append(jobs.plan(overlap, full, overlap.Params(), tensors=r"encoder\.layer", start=base))
     return plans
 
 

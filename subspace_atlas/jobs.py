@@ -58,11 +58,16 @@ class Outcome:
 
 
 def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
-         base: Checkpoint | None = None, cross: bool = True) -> list[Job]:
+         base: Checkpoint | None = None, cross: bool = True, start: Checkpoint | None = None) -> list[Job]:
     """One job per checkpoint, fingerprinted (reads file headers and a few sampled bytes only).
 
     For a module with ``CROSS_TABLES``, also one job per two checkpoints unless ``cross`` is False.
+    A ``RUN`` module gets one job per run instead (see ``plan_runs``).
     """
+    if getattr(module, "RUN", False):
+        return plan_runs(module, checkpoints, params, tensors, start)
+    if start is not None:
+        raise AtlasError(f"{module.NAME} takes no --start")
     paired = getattr(module, "PAIRED", False)
     if paired and base is None:
         raise AtlasError(f"{module.NAME} compares checkpoints with a base model: give --base CKPT")
@@ -94,6 +99,39 @@ def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, 
         jobs.append(Job(module, singles[0].checkpoint, params, tensors, singles[0].identity,
                         fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity,
                         group=tuple(j.checkpoint for j in singles)))
+    return jobs
+
+
+def plan_runs(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
+              start: Checkpoint | None = None) -> list[Job]:
+    """One job per run: a run folder's checkpoints, or all loose checkpoints together, in step order.
+
+    ``start`` (e.g. the pretrained model a fine-tuning run began from) goes first in every run, at
+    step 0 unless it has a step of its own. A run's job is keyed by all its members, in order.
+    """
+    runs: dict[str, list[Checkpoint]] = {}
+    for ckpt in checkpoints:
+        runs.setdefault(ckpt.run or ckpt.path.parent.name, []).append(ckpt)
+    extra = module.job_inputs(params) if hasattr(module, "job_inputs") else {}
+    jobs = []
+    for name, members in runs.items():
+        if any(c.step is None for c in members) and len(members) > 1 and members[0].run is None:
+            raise AtlasError(f"{module.NAME}: {', '.join(str(c.path) for c in members if c.step is None)}: no step "
+                             "in the name or trainer_state.json; give a run folder (checkpoint-N children) or "
+                             "checkpoints whose names carry their steps")
+        members = sorted(members, key=lambda c: c.step if c.step is not None else -1)
+        if start is not None:
+            members = [dataclasses.replace(start, step=0 if start.step is None else start.step,
+                                           name=f"{name}/start:{start.name}")] + members
+        members = [dataclasses.replace(c, run=name) for c in members]
+        if len(members) < 2:
+            raise AtlasError(f"{module.NAME}: run {name!r} has one checkpoint ({members[0].path}); "
+                             "comparing over training needs at least two (give a run folder, or --start)")
+        identities = [c.identity() for c in members]
+        inputs = {"run": name, "members": [[i, c.name, c.step] for i, c in zip(identities, members)],
+                  "tensors": tensors} | extra
+        jobs.append(Job(module, members[0], params, tensors, identities[0],
+                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), group=tuple(members)))
     return jobs
 
 
@@ -132,6 +170,8 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
         batch_bytes = 1 << 30 if device.type == "cuda" else 0
     if todo and getattr(todo[0].module, "PAIRED", False):
         return _run_paired(todo, skipped, store, device, batch_bytes, log)
+    if todo and getattr(todo[0].module, "RUN", False):
+        return _run_runs(todo, skipped, store, device, log)
     start, count = time.perf_counter(), 0
     plans = [(job, matrices_of(job)) for job in todo]  # validate every input before any work
     total = sum(len(m) for _, m in plans)
@@ -141,7 +181,7 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
             t0 = time.perf_counter()
             stream = _counted(zip(mats, (t for _, t in job.checkpoint.stream([m.name for m in mats]))), bar)
             tables = job.module.compute(stream, job.params, device, batch_bytes)
-            tables = {name: _label(frame, job.checkpoint) for name, frame in tables.items()}
+            tables = {name: label(frame, job.checkpoint) for name, frame in tables.items()}
             wall = time.perf_counter() - t0
             store.write(job.module.NAME, job.fingerprint, tables, _provenance(job, device, wall, len(mats)))
             count += len(mats)
@@ -190,20 +230,20 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
         wall = time.perf_counter() - t0
         for job in group:
             if job.group:
-                label = " + ".join(c.name for c in job.group)  # which set of checkpoints the rows belong to
-                mine = {name: _label_members(frame, ordered, base).assign(group=label)
+                names = " + ".join(c.name for c in job.group)  # which set of checkpoints the rows belong to
+                mine = {name: label_members(frame, ordered, base).assign(group=names)
                         for name, frame in tables.items() if name in group_tables}
                 problem, n = None, 0
             elif job.other is None:
                 k = index(job.checkpoint)
-                mine = {name: _label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
+                mine = {name: label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
                                      job.checkpoint, base)
                         for name, frame in tables.items() if name not in cross_tables + group_tables}
                 problem = module.validate(mine["matrices"]) if hasattr(module, "validate") else None
                 n = sum(1 for item in items for j, _ in item.tuned if j == k)
             else:
                 a, b = index(job.checkpoint), index(job.other)
-                mine = {name: _label_cross(frame[(frame["a"] == a) & (frame["b"] == b)].drop(columns=["a", "b"])
+                mine = {name: label_cross(frame[(frame["a"] == a) & (frame["b"] == b)].drop(columns=["a", "b"])
                                            .reset_index(drop=True), job.checkpoint, job.other, base)
                         for name, frame in tables.items() if name in cross_tables}
                 problem, n = None, 0
@@ -217,6 +257,77 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
     if problems:
         raise AtlasError("; ".join(problems))
     return Outcome(todo, skipped, count, time.perf_counter() - start)
+
+
+def _run_runs(todo: list[Job], skipped: list[Job], store: Store, device: torch.device,
+              log: Callable[[str], None]) -> Outcome:
+    """Run each run job matrix-major over its checkpoints (all inputs validated first), write it whole."""
+    from subspace_atlas.svdcache import SvdCache, default_root
+
+    start, count = time.perf_counter(), 0
+    plans = [(job, run_matrices(job)) for job in todo]
+    for k, (job, items) in enumerate(plans, 1):
+        module, members = job.module, list(job.group)
+        t0 = time.perf_counter()
+        if "gradients" in getattr(job.params, "of", ()):
+            from subspace_atlas.probes.gradients import attach_gradients
+
+            attach_gradients(items, members, job.params, device, log)
+        steps = [c.step if c.step is not None else i for i, c in enumerate(members)]
+        with tqdm(total=sum(len(i.loaders) for i in items), unit="matrix", disable=None, file=sys.stderr,
+                  leave=False, desc=f"{module.NAME} {members[0].run}") as bar:
+            tables = module.compute(items, job.params, steps, device, cache=SvdCache(default_root()),
+                                    progress=bar.update)
+        labelled = {}
+        for name, frame in tables.items():
+            if "a" in frame:
+                parts = [label_cross(part.drop(columns=["a", "b"]).reset_index(drop=True), members[a], members[b])
+                         for (a, b), part in frame.groupby(["a", "b"], sort=True)]
+                both = (pd.concat(parts, ignore_index=True) if parts else
+                        label_cross(frame.drop(columns=["a", "b"]), members[0], members[-1]))
+                labelled[name] = both.drop(columns=["run_a", "run_b"])
+                labelled[name].insert(0, "run", members[0].run)
+            elif "job" in frame:
+                labelled[name] = label_members(frame, members, None)
+            else:
+                labelled[name] = label(frame, members[-1]).drop(columns=["checkpoint", "checkpoint_path", "step"])
+        wall = time.perf_counter() - t0
+        n = sum(len(i.loaders) for i in items)
+        store.write(module.NAME, job.fingerprint, labelled, _provenance(job, device, wall, n))
+        count += n
+        log(f"[{k}/{len(plans)}] {members[0].run}: {len(members)} checkpoints × {len(items)} matrices "
+            f"in {wall:.2f} s")
+    return Outcome(todo, skipped, count, time.perf_counter() - start)
+
+
+def run_matrices(job: Job) -> list:
+    """A run job's matrices, each with a loader per checkpoint; names aligned across a renamed prefix.
+
+    The last checkpoint names the matrices. Every checkpoint must hold each of them in the same shape.
+    """
+    from subspace_atlas.analysis.overlap import RunMatrix
+    from subspace_atlas.naming import align
+
+    members = list(job.group)
+    selected = matrices_of(job, members[-1])
+    per_member = []
+    for ckpt in members:
+        infos = ckpt.tensors_by_name()
+        to_mine = align(list(infos), [i.name for i in selected])
+        found = {}
+        for info in selected:
+            name = to_mine.get(info.name)
+            if name is None:
+                raise AtlasError(f"{ckpt.path}: has no tensor matching {info.name!r} of {members[-1].path}; "
+                                 "restrict the run with --tensors")
+            if tuple(infos[name].shape) != tuple(info.shape):
+                raise AtlasError(f"{ckpt.path}: tensor {name!r} is {list(infos[name].shape)} but {info.name!r} in "
+                                 f"{members[-1].path} is {list(info.shape)}; are these checkpoints of one run?")
+            found[info.name] = name
+        per_member.append((ckpt, ckpt.identity(), found))
+    return [RunMatrix(info, [lambda c=c, n=found[info.name]: c.load(n) for c, _, found in per_member],
+                      [f"{ident}|{found[info.name]}|{tuple(info.shape)}" for _, ident, found in per_member])
+            for info in selected]
 
 
 def _return_large_frees_to_the_os() -> None:
@@ -240,7 +351,7 @@ def _counted(stream, bar):
         bar.update(1)
 
 
-def _label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None) -> pd.DataFrame:
+def label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None) -> pd.DataFrame:
     """Prefix a result table with the checkpoint's columns and, where it has ``tensor``, layer and kind."""
     front = {} if base is None else {"base": base.name}
     front |= {
@@ -258,14 +369,16 @@ def _label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None
     return pd.concat([out, frame.drop(columns=[c for c in out.columns if c in frame])], axis=1)
 
 
-def _label_cross(frame: pd.DataFrame, a: Checkpoint, b: Checkpoint, base: Checkpoint) -> pd.DataFrame:
-    """Prefix a cross table (two fine-tunes of one base) with both checkpoints' columns, layer and kind."""
-    labelled = _label(frame, a, base).rename(columns={"checkpoint": "checkpoint_a", "checkpoint_path": "path_a",
+def label_cross(frame: pd.DataFrame, a: Checkpoint, b: Checkpoint, base: Checkpoint | None = None) -> pd.DataFrame:
+    """Prefix a cross table (two fine-tunes of one base, two checkpoints of a run) with both checkpoints'
+    columns, layer and kind."""
+    labelled = label(frame, a, base).rename(columns={"checkpoint": "checkpoint_a", "checkpoint_path": "path_a",
                                                       "run": "run_a", "step": "step_a"})
-    labelled.insert(2, "checkpoint_b", b.name)
-    labelled.insert(4, "path_b", str(b.path))
-    labelled.insert(6, "run_b", b.run)
-    labelled.insert(8, "step_b", pd.array([b.step] * len(frame), dtype="Int64"))
+    at = 1 if base is not None else 0
+    labelled.insert(at + 1, "checkpoint_b", b.name)
+    labelled.insert(at + 3, "path_b", str(b.path))
+    labelled.insert(at + 5, "run_b", b.run)
+    labelled.insert(at + 7, "step_b", pd.array([b.step] * len(frame), dtype="Int64"))
     return labelled
 
 
@@ -277,11 +390,11 @@ def _aliased(frame: pd.DataFrame, aliases: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-def _label_members(frame: pd.DataFrame, checkpoints: list[Checkpoint], base: Checkpoint) -> pd.DataFrame:
+def label_members(frame: pd.DataFrame, checkpoints: list[Checkpoint], base: Checkpoint | None) -> pd.DataFrame:
     """Label a group table whose rows name their checkpoint by index (column ``job``)."""
-    parts = [_label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True), ckpt, base)
+    parts = [label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True), ckpt, base)
              for k, ckpt in enumerate(checkpoints) if (frame["job"] == k).any()]
-    return pd.concat(parts, ignore_index=True) if parts else _label(frame.drop(columns="job"), checkpoints[0], base)
+    return pd.concat(parts, ignore_index=True) if parts else label(frame.drop(columns="job"), checkpoints[0], base)
 
 
 def _cpu_name() -> str:

@@ -11,6 +11,7 @@ Singular values come from one of two methods, both batched over same-shaped matr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -182,3 +183,66 @@ def _outside(residual: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     if float(torch.linalg.norm(residual)) <= 1e-6 * float(torch.linalg.norm(factor)):
         return residual.new_zeros(0, residual.shape[1])
     return torch.linalg.qr(residual, mode="r")[1]
+
+
+@dataclass(frozen=True)
+class TopSvd:
+    """The top-k singular triplets of a matrix and how they were found.
+
+    ``bound`` is Wedin's a-posteriori bound on ‖sin Θ‖²_F / k between the returned subspaces and the
+    exact top-k ones, i.e. on 1 − overlap (0 for an exact SVD); ``gap`` the relative gap σ_k − σ_k+1
+    it divides by.
+    """
+
+    u: torch.Tensor  # m × k, float32 on CPU
+    s: torch.Tensor  # k, float64
+    v: torch.Tensor  # n × k
+    method: str  # "randomized" or "exact"
+    iterations: int
+    bound: float
+
+
+def top_svd(mat: torch.Tensor, k: int, tol: float = 1e-4, oversample: int | None = None, max_iters: int = 40,
+            seed: int = 0, device: torch.device | None = None) -> TopSvd:
+    """Top-k singular triplets by randomized subspace iteration, stopped by an error bound, not a fixed count.
+
+    Each iteration costs two products with W against an n × (k + p) block (p = ``oversample``, default
+    max(k, 16)). After each, the Ritz triplets' residual ‖Wᵀ U − V Σ‖_F (the right residual is 0 by
+    construction) over the gap σ_k − σ_k+1 bounds how far the subspaces are from the exact ones
+    (Wedin's theorem); iteration stops once the bound on 1 − overlap is below ``tol``. A spectrum
+    too flat at k to converge within ``max_iters`` (judged from how fast the bound falls; e.g. a random
+    matrix), or a matrix narrow enough that it is cheaper, gets an exact SVD instead, so the result always matches the exact subspace to ``tol``. Float32 products,
+    float64 for the small q × q problems. Results on the CPU.
+    """
+    device = device or mat.device
+    m, n = mat.shape
+    k = max(1, min(k, m, n))
+    q = min(k + (oversample if oversample is not None else max(k, 16)), m, n)
+    if 4 * q >= min(m, n):  # a thin SVD of something this narrow costs less than iterating
+        u, s, vh = svd(mat, torch.float32, device)
+        return TopSvd(u[:, :k].cpu(), s[:k].double().cpu(), vh[:k].T.cpu(), "exact", 0, 0.0)
+    a = mat.to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(a).all()):
+        raise AtlasError("matrix holds NaN or Inf values; its singular vectors are undefined")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    omega = torch.randn(n, q, generator=gen, device=device, dtype=torch.float32)
+    qz = torch.linalg.qr(omega)[0]
+    previous = math.inf
+    for it in range(1, max_iters + 1):
+        qy, r = torch.linalg.qr(a @ qz)
+        ur, s, vrh = torch.linalg.svd(r.double())  # W·Qz = Qy·R: the Ritz triplets of W in (Qy, Qz)
+        z = a.T @ qy  # n × q: Wᵀ Qy, for the residual now and the next iteration's block
+        resid = z.double() @ ur[:, :k] - qz.double() @ (vrh[:k].T * s[:k])
+        gap = float(s[k - 1] - s[k]) if k < q else float(s[k - 1])
+        bound = float(resid.square().sum()) / gap**2 / k if gap > 0 else math.inf
+        if bound <= tol:
+            u = (qy.double() @ ur[:, :k]).float()
+            v = (qz.double() @ vrh[:k].T).float()
+            return TopSvd(u.cpu(), s[:k].cpu(), v.cpu(), "randomized", it, bound)
+        rate = bound / previous  # the bound shrinks geometrically once the block has found the top
+        if it >= 4 and (rate >= 1 or it + math.log(tol / bound) / math.log(rate) > max_iters):
+            break  # would not converge in time: a flat spectrum at k (e.g. a random matrix)
+        previous = bound
+        qz = torch.linalg.qr(z)[0]
+    u, s, vh = svd(a, torch.float32, device)
+    return TopSvd(u[:, :k].cpu(), s[:k].double().cpu(), vh[:k].T.cpu(), "exact", it, 0.0)

@@ -1,4 +1,5 @@
-"""A disk cache of base matrices' full thin SVDs, so many fine-tunes compared to one base decompose it once.
+"""A disk cache of decompositions: base matrices' thin SVDs (many fine-tunes compared to one base decompose
+it once) and a run's top-k subspaces (a run that grows decomposes only its new checkpoints).
 
 Entries are keyed by the base checkpoint's content identity, the tensor name, shape and precision, so
 a moved or renamed base still hits. Each entry is one safetensors file (U, S, Vh) written atomically;
@@ -29,7 +30,7 @@ def default_root() -> Path:
 
 
 class SvdCache:
-    """``get``/``put`` of (U, S, Vh) by key; ``SvdCache(None)`` caches nothing."""
+    """``get``/``put`` of (U, S, Vh), or of any named tensors, by key; ``SvdCache(None)`` caches nothing."""
 
     def __init__(self, root: str | os.PathLike | None):
         self.root = None if root is None else Path(root).expanduser() / "svd"
@@ -40,6 +41,14 @@ class SvdCache:
         return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 
     def get(self, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        found = self.get_tensors(key, ("U", "S", "Vh"))
+        return None if found is None else (found["U"], found["S"], found["Vh"])
+
+    def put(self, key: str, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> None:
+        self.put_tensors(key, {"U": u, "S": s, "Vh": vh})
+
+    def get_tensors(self, key: str, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """The named tensors stored under ``key``, or None (absent, unreadable or missing a name)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -48,17 +57,17 @@ class SvdCache:
             return None
         try:
             found = load_file(path)
-            return found["U"], found["S"], found["Vh"]
+            return {name: found[name] for name in names}
         except (SafetensorError, KeyError, OSError, RuntimeError):
             return None
 
-    def put(self, key: str, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> None:
+    def put_tensors(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 
         path = self._path(key)
         if path is None:
             return
-        tensors = {"U": u.contiguous().cpu(), "S": s.contiguous().cpu(), "Vh": vh.contiguous().cpu()}
+        tensors = {name: t.contiguous().cpu() for name, t in tensors.items()}
         try:
             atomic_write(path, lambda tmp: save_file(tensors, tmp))
         except OSError:  # a full or read-only disk costs only the cache

@@ -152,3 +152,54 @@ def test_task_overlap_matrix_is_symmetric_with_unit_diagonal():
     np.testing.assert_allclose(z, [[1, 0.2, 0.4], [0.2, 1, 0.6], [0.4, 0.6, 1]])
     z = np.asarray(charts.task_overlap_matrix(pairs, "mean_angle_deg").data[0].z)
     assert z[0, 1] == 60.0 and z[1, 1] == 0.0
+
+
+def _run_pairs() -> pd.DataFrame:
+    rows = []
+    for a, b in [(0, 10), (10, 20), (0, 20)]:
+        for layer, kind in [(0, "q"), (1, "q"), (0, "down")]:
+            rows.append({"step_a": a, "step_b": b, "tensor": f"l{layer}.{kind}", "layer": layer, "kind": kind,
+                         "overlap": 0.5 + 0.01 * b + 0.1 * layer, "chance": 0.1,
+                         "previous": b - a == 10, "from_first": a == 0, "to_last": b == 20})
+    return pd.DataFrame(rows)
+
+
+def test_reference_choice_picks_the_right_pairs_and_x():
+    pairs = _run_pairs()
+    prev = charts.against_reference(pairs, "previous")
+    assert set(zip(prev.step_a, prev.step_b)) == {(0, 10), (10, 20)} and list(prev.step) == list(prev.step_b)
+    last = charts.against_reference(pairs, "last")
+    assert set(zip(last.step_a, last.step_b)) == {(10, 20), (0, 20)} and list(last.step) == list(last.step_a)
+
+
+def test_overlap_figures_hold_the_values():
+    pairs = _run_pairs()
+    prev = charts.against_reference(pairs, "previous")
+    grid = charts.overlap_layer_step(prev, "previous")
+    z = np.asarray(grid.data[0].z, dtype=float)
+    # layer 0 at step 20: mean of q (0.7) and down (0.7); layer 1 at step 10: 0.7
+    assert z.shape == (2, 2) and z[0, 1] == pytest.approx(0.7) and z[1, 0] == pytest.approx(0.7)
+    lines = charts.overlap_over_steps(prev, "previous")
+    assert len(lines.data) == 3  # layers 0 and 1 in panel q, layer 0 in panel down
+    matrix = charts.checkpoint_overlap_matrix(pairs[pairs.tensor == "l1.q"])
+    m = np.asarray(matrix.data[0].z, dtype=float)
+    np.testing.assert_allclose(m, m.T)
+    assert np.diag(m).tolist() == [1.0, 1.0, 1.0] and m[0, 2] == pytest.approx(0.8)
+
+
+def test_convergence_by_layer_needs_every_matrix_settled():
+    conv = pd.DataFrame({"of": ["weights"] * 3, "layer": [0, 0, 1], "settled_step": pd.array([10, 30, None],
+                                                                                               dtype="Int64")})
+    fig = charts.convergence_by_layer(conv)
+    bars = fig.data[0]
+    assert list(bars.y)[0] == 30 and np.isnan(float(list(bars.y)[1]))  # layer 1 never settled
+    assert fig.data[-1].name == "not settled"
+
+
+def test_spectrum_and_welore_figures():
+    spectrum = pd.DataFrame({"step": [0, 10], "tensor": ["w", "w"], "sigma": [[3.0, 2.0, 1.0], [4.0, 1.0, 0.5]]})
+    fig = charts.spectrum_over_training(spectrum)
+    assert [list(t.y) for t in fig.data] == [[3.0, 2.0, 1.0], [4.0, 1.0, 0.5]]
+    welore = pd.DataFrame({"kind": ["q", "q", "q"], "step": [0, 10, 10], "fraction_below": [0.1, 0.4, 0.6]})
+    fig = charts.welore_over_steps(welore, 0.5)
+    assert list(fig.data[0].y) == [0.1, 0.5]

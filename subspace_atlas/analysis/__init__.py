@@ -14,6 +14,7 @@ MODULES = {
     "intruders": "subspace_atlas.analysis.intruders",
     "sparsity": "subspace_atlas.analysis.sparsity",
     "angles": "subspace_atlas.analysis.angles",
+    "overlap": "subspace_atlas.analysis.overlap",
 }
 
 

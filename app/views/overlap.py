@@ -1,0 +1,72 @@
+"""Training dynamics: how weight, update, step and gradient subspaces move over a run."""
+
+import streamlit as st
+
+import charts
+from common import current_store, table, table_or_stop
+
+store = current_store()
+st.title("Training dynamics")
+st.caption("For every matrix and checkpoint of a run, the top-k singular subspaces of the weights W_t, the update "
+           "W_t − W_0, the step W_t − W_t−1 and the gradient on a fixed batch; how much each overlaps with the "
+           "previous, the first and the last checkpoint (1 = the same subspace, chance ≈ k / dim). GaLore's premise "
+           "is that gradient subspaces move slowly; Q-GaLore's, that some layers settle early; WeLore's, that "
+           "low-rank weights emerge unevenly across layers.")
+pairs = table_or_stop(store, "overlap", "pairs", "training-dynamics results", "subspace-atlas overlap RUN")
+convergence = table(store, "overlap", "convergence")
+
+c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
+run = c1.selectbox("Run", sorted(pairs["run"].unique()), key="overlap_run")
+mine = pairs[pairs["run"] == run]
+of = c2.selectbox("Subspaces of", sorted(mine["of"].unique(), key=["weights", "updates", "steps",
+                                                                    "gradients"].index), key="overlap_of",
+                  help="weights W_t; updates W_t − W_0; steps W_t − W_t−1; gradients on a fixed batch")
+side = c3.selectbox("Side", sorted(mine["side"].unique()), key="overlap_side",
+                    help="left: column (output) space U; right: row (input) space V")
+reference = c4.radio("Compared with", ["previous", "first", "last"], key="overlap_reference")
+view = mine[(mine["of"] == of) & (mine["side"] == side)]
+kinds = sorted(view["kind"].unique())
+chosen = st.multiselect("Kinds", kinds, default=kinds, key=f"overlap_kinds:{run}")
+view = view[view["kind"].isin(chosen)]
+if view.empty:
+    st.warning("No pairs match these filters.")
+    st.stop()
+versus = charts.against_reference(view, reference)
+
+steps_tab, grid_tab, matrix_tab, settle_tab, spectrum_tab, raw_tab = st.tabs(
+    ["Over training", "Layer × step", "Checkpoint × checkpoint", "Convergence", "Spectrum & WeLore", "Table"])
+with steps_tab:
+    st.plotly_chart(charts.overlap_over_steps(versus, reference), key="overlap_steps")
+with grid_tab:
+    st.plotly_chart(charts.overlap_layer_step(versus, reference), key="overlap_grid")
+with matrix_tab:
+    tensor = st.selectbox("Matrix", sorted(view["tensor"].unique()), key=f"overlap_tensor:{run}")
+    st.plotly_chart(charts.checkpoint_overlap_matrix(view[view["tensor"] == tensor]), key="overlap_matrix")
+with settle_tab:
+    if convergence is None:
+        st.info("No convergence table stored.")
+    else:
+        conv = convergence[(convergence["run"] == run) & (convergence["side"] == side)
+                           & convergence["kind"].isin(chosen)]
+        threshold = float(conv["settle"].iloc[0]) if len(conv) else 0.9
+        which = st.radio("Rule", ["settled_step", "qgalore_step"], horizontal=True, key="overlap_rule",
+                         format_func={"settled_step": f"overlap with previous stays ≥ {threshold:g}",
+                                      "qgalore_step": "Q-GaLore: mean leading |cos| of 5 refreshes ≥ 0.4"}.get)
+        st.plotly_chart(charts.convergence_by_layer(conv, which), key="overlap_convergence")
+with spectrum_tab:
+    spectrum = table(store, "overlap", "spectrum", run=run)
+    welore = table(store, "overlap", "welore", run=run)
+    if spectrum is None or welore is None or spectrum.empty:
+        st.info("No spectra stored for this run (it was computed with --no-welore).")
+    else:
+        s1, s2 = st.columns(2)
+        name = s1.selectbox("Matrix", sorted(spectrum["tensor"].unique()), key=f"overlap_spectrum_tensor:{run}")
+        tau = s2.selectbox("WeLore τ", sorted(welore["tau"].unique()), key="overlap_tau",
+                           help="threshold on (σ − σmin) / (σmax − σmin); WeLore's LLaMA-2 values")
+        st.plotly_chart(charts.spectrum_over_training(spectrum[spectrum["tensor"] == name]), key="overlap_spectrum")
+        shown = welore[(welore["tau"] == tau) & welore["kind"].isin(chosen)]
+        st.plotly_chart(charts.welore_over_steps(shown, float(welore["lrc_share"].iloc[0])), key="overlap_welore")
+with raw_tab:
+    st.dataframe(view.drop(columns=["angles"]), hide_index=True)
+    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="overlap.csv", mime="text/csv",
+                       key="overlap_csv")

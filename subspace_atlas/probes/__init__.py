@@ -1,0 +1,1 @@
+"""Model-running compute: gradients at checkpoints and during training (activation patching joins later)."""
