@@ -190,8 +190,7 @@ class TopSvd:
     """The top-k singular triplets of a matrix and how they were found.
 
     ``bound`` is Wedin's a-posteriori bound on ‖sin Θ‖²_F / k between the returned subspaces and the
-    exact top-k ones, i.e. on 1 − overlap (0 for an exact SVD); ``gap`` the relative gap σ_k − σ_k+1
-    it divides by.
+    exact top-k ones, i.e. on 1 − overlap (0 for an exact SVD).
     """
 
     u: torch.Tensor  # m × k, float32 on CPU
@@ -207,17 +206,18 @@ def top_svd(mat: torch.Tensor, k: int, tol: float = 1e-4, oversample: int | None
     """Top-k singular triplets by randomized subspace iteration, stopped by an error bound, not a fixed count.
 
     Each iteration costs two products with W against an n × (k + p) block (p = ``oversample``, default
-    max(k, 16)). After each, the Ritz triplets' residual ‖Wᵀ U − V Σ‖_F (the right residual is 0 by
-    construction) over the gap σ_k − σ_k+1 bounds how far the subspaces are from the exact ones
-    (Wedin's theorem); iteration stops once the bound on 1 − overlap is below ``tol``. A spectrum
-    too flat at k to converge within ``max_iters`` (judged from how fast the bound falls; e.g. a random
-    matrix), or a matrix narrow enough that it is cheaper, gets an exact SVD instead, so the result always matches the exact subspace to ``tol``. Float32 products,
-    float64 for the small q × q problems. Results on the CPU.
+    max(2k, 32): a wide block needs far fewer iterations on slowly decaying spectra). After each, the
+    Ritz triplets' residual ‖Wᵀ U − V Σ‖_F (the right residual is 0 by construction) over the gap
+    σ_k − σ_k+1 bounds how far the subspaces are from the exact ones (Wedin's theorem); iteration
+    stops once the bound on 1 − overlap is below ``tol``. A spectrum too flat at k to converge within
+    ``max_iters`` (judged from how fast the bound falls; e.g. a random matrix), or a matrix narrow
+    enough that it is cheaper, gets an exact SVD instead, so the result always matches the exact
+    subspace to ``tol``. Float32 products, float64 for the small q × q problems. Results on the CPU.
     """
     device = device or mat.device
     m, n = mat.shape
     k = max(1, min(k, m, n))
-    q = min(k + (oversample if oversample is not None else max(k, 16)), m, n)
+    q = min(k + (oversample if oversample is not None else max(2 * k, 32)), m, n)
     if 4 * q >= min(m, n):  # a thin SVD of something this narrow costs less than iterating
         u, s, vh = svd(mat, torch.float32, device)
         return TopSvd(u[:, :k].cpu(), s[:k].double().cpu(), vh[:k].T.cpu(), "exact", 0, 0.0)

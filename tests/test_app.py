@@ -225,3 +225,29 @@ def test_compute_page_launches_the_cli(monkeypatch, tmp_path):
     at.button(key="compute_go").click().run(timeout=120)
     assert not at.exception
     assert (store / "spectra" / "_jobs").is_dir() and len(list((store / "spectra" / "_jobs").glob("*.json"))) == 1
+
+
+def test_overlap_page_on_demo_shows_runs_references_and_convergence(monkeypatch):
+    at = _app(monkeypatch, None).run()
+    at.switch_page("views/overlap.py").run()
+    assert not at.exception
+    assert len(_charts(at)) == 6  # over steps, layer × step, checkpoint matrix, convergence, spectrum, WeLore
+    assert {"pretrain-gpt2-stdlib", "rl-grpo-seed0", "sft-seed0", "sentiment-full"} <= set(
+        at.selectbox(key="overlap_run").options)
+    at.selectbox(key="overlap_run").set_value("pretrain-gpt2-stdlib").run()
+    assert set(at.selectbox(key="overlap_of").options) == {"weights", "updates", "steps", "gradients"}
+    at.selectbox(key="overlap_of").set_value("gradients").run()
+    assert not at.exception
+    grid = json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]
+    before = grid["z"]
+    assert len(_plotly_array(grid["x"])) == 24  # 25 checkpoints: 24 steps compared with their previous one
+    matrix = json.loads(at.get("plotly_chart")[2].proto.spec)
+    assert "not computed" not in matrix["layout"]["title"]["text"]  # the demo compares every two
+    at.radio(key="overlap_reference").set_value("first").run()
+    assert not at.exception
+    assert json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]["z"] != before
+    at.multiselect(key="overlap_kinds:pretrain-gpt2-stdlib").set_value(["qkv"]).run()
+    assert set(at.dataframe[0].value["kind"]) == {"qkv"}
+    assert set(at.dataframe[0].value["of"]) == {"gradients"}
+    at.radio(key="overlap_rule").set_value("qgalore_step").run()
+    assert not at.exception
