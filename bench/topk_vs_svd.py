@@ -1,4 +1,4 @@
-"""Randomized top-k (``linalg.top_svd``) vs a full SVD, on Llama-shaped matrices with planted spectra.
+"""Randomized block Krylov top-k (``linalg.top_svd``) vs a full SVD, on Llama-shaped matrices with planted spectra.
 
     .venv/bin/python bench/topk_vs_svd.py [--device cuda] [--shapes 4096x4096 4096x11008] [--ks 16 64]
 

@@ -4,7 +4,7 @@ Per matrix and checkpoint t of an ordered run, the top-k left (column) and right
 subspaces of ``weights`` W_t, ``updates`` W_t − W_0 (W_0: the run's first checkpoint, or ``--start``),
 ``steps`` W_t − W_t−1 and ``gradients`` (∇W at t on a fixed batch, from ``probes.gradients``). k by
 ``--k`` or, per matrix, by the energy fraction ``--energy``. Top-k comes from ``linalg.top_svd``:
-randomized subspace iteration stopped by Wedin's bound (1 − overlap ≤ ``tol`` against the exact
+randomized block Krylov stopped by Wedin's bound (1 − overlap ≤ ``tol`` against the exact
 subspace), an exact SVD where that is cheaper or the spectrum is too flat to converge.
 
 * ``pairs``: per two checkpoints (the previous, the first and the last of each; every two with
@@ -218,7 +218,7 @@ def _sides(params: Params) -> list[str]:
 def _cached_top(cache: SvdCache, key: str, params: Params, matrix: Callable[[], torch.Tensor],
                 device: torch.device) -> tuple[TopSvd, float]:
     """``top_subspace`` and ‖M‖²_F of a matrix named by its content key, cached across runs and commands."""
-    key = SvdCache.key(key, params.k, params.energy, params.tol, params.seed, "top-k")
+    key = SvdCache.key(key, params.k, params.energy, params.tol, params.seed, "top-k block-krylov")
     found = cache.get_tensors(key, ("U", "S", "V", "meta"))
     if found is not None:
         iterations, bound, exact, norm2 = found["meta"].tolist()
