@@ -421,9 +421,11 @@ def overlap_over_steps(rows: pd.DataFrame, reference: str) -> go.Figure:
         return _empty("no overlaps for these filters")
     mean = rows.groupby(["kind", "layer", "step"], dropna=False, as_index=False).agg(
         overlap=("overlap", "mean"), chance=("chance", "mean"))
+    order = [str(x) for x in sorted(mean["layer"].dropna().unique())] + ["—"]
     mean["layer"] = mean["layer"].astype("string").fillna("—")
     fig = px.line(mean.sort_values("step"), x="step", y="overlap", color="layer", facet_col="kind",
-                  facet_col_wrap=3, markers=True, range_y=[0, 1.02])
+                  facet_col_wrap=3, markers=True, range_y=[0, 1.02], category_orders={"layer": order},
+                  color_discrete_sequence=px.colors.sequential.Viridis)
     chance = float(mean["chance"].mean())
     fig.add_hline(y=chance, line_dash="dot", line_color="grey", annotation_text=f"chance ≈ {chance:.2g}")
     fig.update_layout(title=f"Top-k subspace overlap with the {reference} checkpoint", height=480)

@@ -16,7 +16,8 @@ pairs = table_or_stop(store, "overlap", "pairs", "training-dynamics results", "s
 convergence = table(store, "overlap", "convergence")
 
 c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
-run = c1.selectbox("Run", sorted(pairs["run"].unique()), key="overlap_run")
+runs = pairs.groupby("run")["step_b"].nunique().sort_values(ascending=False)  # the longest run first
+run = c1.selectbox("Run", list(runs.index), key="overlap_run")
 mine = pairs[pairs["run"] == run]
 of = c2.selectbox("Subspaces of", sorted(mine["of"].unique(), key=["weights", "updates", "steps",
                                                                     "gradients"].index), key="overlap_of",
