@@ -515,3 +515,74 @@ def welore_over_steps(welore: pd.DataFrame, share: float) -> go.Figure:
     fig.add_hline(y=share, line_dash="dot", line_color="grey", annotation_text="low-rank component above")
     fig.update_layout(title="Share of normalised singular values below τ (heavier tail → higher)")
     return fig
+
+
+# ---------------------------------------------------------------- activation patching
+
+VERDICT_COLORS = {"faithful": "#2a9d8f", "illusory": "#e76f51", "inconclusive": "#adb5bd"}
+COMPONENT_ORDER = ["activation", "full", "row", "null"]
+
+
+def verdict_grid(effects: pd.DataFrame) -> go.Figure:
+    """Layer × method: the full direction's FLDD in each cell, coloured by the verdict."""
+    full = effects[effects["component"] == "full"]
+    if full.empty:
+        return _empty("no patching results")
+    layers = sorted(full["layer"].unique())
+    methods = sorted(full["method"].unique())
+    code = {v: i for i, v in enumerate(VERDICT_COLORS)}
+    z = np.full((len(methods), len(layers)), np.nan)
+    text = np.full(z.shape, "", dtype=object)
+    for row in full.itertuples():
+        i, j = methods.index(row.method), layers.index(row.layer)
+        z[i, j] = code[row.verdict]
+        text[i, j] = f"{row.fldd:.0f} %<br>{row.verdict}"
+    scale = [[k / 2, c] for k, c in enumerate(VERDICT_COLORS.values())]
+    fig = go.Figure(go.Heatmap(z=z, x=[str(x) for x in layers], y=methods, text=text, texttemplate="%{text}",
+                               colorscale=scale, zmin=0, zmax=2, showscale=False,
+                               hovertemplate="layer %{x}, %{y}: %{text}<extra></extra>"))
+    fig.update_layout(title="Verdict per layer and method (cell: the full direction's FLDD)",
+                      xaxis_title="layer", yaxis_title="method")
+    return fig
+
+
+def effect_by_component(rows: pd.DataFrame) -> go.Figure:
+    """One direction: FLDD of the whole activation, the direction, and its row and null parts patched alone."""
+    if rows.empty:
+        return _empty("no result for this choice")
+    rows = rows.set_index("component").reindex(COMPONENT_ORDER).dropna(subset=["fldd"]).reset_index()
+    labels = {"activation": "whole activation", "full": "direction v", "row": "v_row (read downstream)",
+              "null": "v_null (not read)"}
+    fig = go.Figure(go.Bar(x=[labels[c] for c in rows["component"]], y=rows["fldd"],
+                           text=[f"{v:.1f} %" for v in rows["fldd"]], textposition="outside",
+                           customdata=rows["accuracy"], hovertemplate="%{x}: FLDD %{y:.1f} %, "
+                                                                      "interchange accuracy %{customdata:.2f}"))
+    fig.add_hline(y=100, line_dash="dot", line_color="grey", annotation_text="100 % = no preference left")
+    verdict = rows["verdict"].iloc[0]
+    fig.update_layout(title=f"Effect of each part, patched alone — verdict: {verdict}", yaxis_title="FLDD (%)")
+    return fig
+
+
+def norm_split(rows: pd.DataFrame) -> go.Figure:
+    """How the unit direction splits (‖v_row‖, ‖v_null‖) and how much base and source differ along each part."""
+    parts = rows[rows["component"].isin(["row", "null"])].set_index("component").reindex(["row", "null"])
+    if parts["norm"].isna().all():
+        return _empty("no split for this choice")
+    fig = go.Figure([
+        go.Bar(x=["v_row", "v_null"], y=parts["norm"], name="norm in v (‖v‖ = 1)"),
+        go.Bar(x=["v_row", "v_null"], y=parts["separation"], name="base↔source difference / spread on the data"),
+    ])
+    fig.update_layout(barmode="group", title="The direction's parts: size, and how much they vary with the feature")
+    return fig
+
+
+def effect_across_layers(effects: pd.DataFrame) -> go.Figure:
+    """FLDD of each part across layers, for one site and method."""
+    rows = effects[effects["component"].isin(COMPONENT_ORDER)].sort_values("layer")
+    if rows.empty:
+        return _empty("no results across layers")
+    fig = px.line(rows, x="layer", y="fldd", color="component", markers=True,
+                  category_orders={"component": COMPONENT_ORDER}, hover_data=["verdict", "accuracy"])
+    fig.update_xaxes(type="category")
+    fig.update_layout(title="Effect across layers", yaxis_title="FLDD (%)")
+    return fig

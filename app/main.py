@@ -21,6 +21,7 @@ pages = [
     st.Page("views/sparsity.py", title="Sparsity", icon=":material/grain:"),
     st.Page("views/angles.py", title="Task angles", icon=":material/architecture:"),
     st.Page("views/overlap.py", title="Training dynamics", icon=":material/timeline:"),
+    st.Page("views/patching.py", title="Activation patching", icon=":material/swap_horiz:"),
 ]
 if not read_only():
     pages.append(st.Page("views/compute.py", title="Compute", icon=":material/play_arrow:"))

@@ -20,9 +20,11 @@ from subspace_atlas.errors import AtlasError
 DEFAULT_STORE = os.environ.get("SUBSPACE_ATLAS_STORE", "atlas-store")
 
 
-def _add_params(parser: argparse.ArgumentParser, params_cls: type) -> None:
+def _add_params(parser: argparse.ArgumentParser, params_cls: type, skip: tuple[str, ...] = ()) -> None:
     group = parser.add_argument_group("analysis parameters (part of the cache key)")
     for f in dataclasses.fields(params_cls):
+        if f.name in skip:
+            continue
         kind = type(f.default)
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         shown = f.default
@@ -31,7 +33,7 @@ def _add_params(parser: argparse.ArgumentParser, params_cls: type) -> None:
                                action=argparse.BooleanOptionalAction, help=f.metadata.get("help", ""))
             continue
         if isinstance(f.default, tuple):  # one value or several
-            kind, shown = type(f.default[0]), " ".join(map(str, f.default))
+            kind, shown = (type(f.default[0]) if f.default else str), " ".join(map(str, f.default)) or "none"
             extra["nargs"] = "+"
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", type=kind,
                            default=f.default, help=f"{f.metadata.get('help', '')} (default: {shown})",
@@ -85,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default 1)")
     zoo.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     zoo.set_defaults(handler=_run_zoo)
+    patch = sub.add_parser("patch", help="activation patching along a subspace: is it real or an illusion?",
+                           description="Find a direction at a site (DAS, difference of means, probe, gradient), "
+                                       "patch it and its parts inside / outside what reads the site downstream, "
+                                       "and judge it faithful, illusory or inconclusive.")
+    patch.add_argument("--model", help="a local HF causal-LM folder (config, weights, tokenizer); not for --task toy")
+    patch.add_argument("--task", choices=["ioi", "toy"], default="ioi",
+                       help="ioi: paired IOI prompts; toy: the distilled illusion example (default: ioi)")
+    patch.add_argument("--site", nargs="+", default=["mlp_hidden"], choices=["mlp_hidden", "resid_post"])
+    patch.add_argument("--layer", nargs="+", type=int, default=[0], help="one or more layers")
+    patch.add_argument("--method", nargs="+", default=["das"],
+                       choices=["das", "mean_diff", "probe", "gradient", "planted_faithful", "planted_illusory"],
+                       help="one or more; planted_* only with --task toy")
+    patch.add_argument("--store", default=DEFAULT_STORE)
+    patch.add_argument("--device", default="auto")
+    patch.add_argument("--force", action="store_true")
+    from subspace_atlas.probes import patching as _patching  # noqa: PLC0415 (the Params fields become flags)
+
+    _add_params(patch, _patching.Params, skip=("site", "layer", "method"))
+    patch.set_defaults(handler=_run_patch)
     info = sub.add_parser("info", help="what a store holds: analyses, jobs, checkpoints")
     info.add_argument("--store", default=DEFAULT_STORE)
     info.set_defaults(handler=_run_info)
@@ -154,6 +175,23 @@ def _run_zoo(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise AtlasError(str(err)) from err
     print(f"zoo: {len(manifest['runs'])} run(s); manifest: {Path(args.root) / zoo.MANIFEST}")
+    return 0
+
+
+def _run_patch(args: argparse.Namespace) -> int:
+    from subspace_atlas import linalg
+    from subspace_atlas.probes import patching
+    from subspace_atlas.store import Store
+
+    fixed = {f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(patching.Params)
+             if f.name not in ("site", "layer", "method")}
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in fixed.items()}
+    if args.task == "ioi" and not args.model:
+        raise AtlasError("patch --task ioi needs --model PATH (a local HF causal-LM folder)")
+    computed, skipped = patching.run_jobs(Store(args.store), args.task, args.model if args.task == "ioi" else None,
+                                          args.site, args.layer, args.method, fixed,
+                                          str(linalg.resolve_device(args.device)), force=args.force)
+    print(f"patch: computed {computed} job(s), {skipped} already stored → {args.store}")
     return 0
 
 

@@ -17,12 +17,15 @@
    SFT fine-tunes from the bf16 base, with gradients on a fixed batch of held-out stdlib code; the
    MiniLM full fine-tunes from the base (weights, updates and steps: their classifier heads have no
    language-model loss to take gradients through).
+8. Activation patching: the illusion test on the zoo's IOI model (both sites, every layer, every
+   direction-finding method) and on the distilled toy (its two planted directions and every method).
 
 Later analyses add their jobs here, so one command rebuilds everything the demo shows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -55,6 +58,8 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
                   *overlap_plans(root, manifest, base)):
         outcome = jobs.run(batch, target, device_)
         computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
+    done, held = patching_jobs(target, root, manifest, str(device_))
+    computed, skipped = computed + done, skipped + held
     print(f"demo: {computed} job(s) computed, {skipped} already stored → {target.root}", file=sys.stderr)
     return 0
 
@@ -160,6 +165,23 @@ def overlap_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[job
     return plans
 
 
+def patching_jobs(store: Store, root: Path, manifest: dict, device: str) -> tuple[int, int]:
+    """The illusion test on the IOI model (both sites × every layer × every method) and on the toy."""
+    from subspace_atlas.probes import patching
+
+    fixed = {f.name: f.default for f in dataclasses.fields(patching.Params) if f.name not in ("site", "layer",
+                                                                                               "method")}
+    computed, skipped = patching.run_jobs(store, "toy", None, ["mlp_hidden"], [0],
+                                          patching.PLANTED + patching.METHODS, fixed, device)
+    run = next((r for r in manifest["runs"] if r["kind"] == "ioi"), None)
+    if run is not None:
+        model = root / run["checkpoints"][-1]["path"]
+        layers = list(range(run["recipe"]["n_layer"]))
+        more = patching.run_jobs(store, "ioi", str(model), patching.SITES, layers, patching.METHODS, fixed, device)
+        computed, skipped = computed + more[0], skipped + more[1]
+    return computed, skipped
+
+
 def zoo_tables(manifest: dict) -> dict[str, pd.DataFrame]:
     """The manifest as tidy tables: one row per run and task with its final metrics; loss curves."""
     rows, curves = [], []
@@ -173,6 +195,14 @@ def zoo_tables(manifest: dict) -> dict[str, pd.DataFrame]:
             metrics = run["metrics"]
             rows.append({**common, "task": "python line completion (valid syntax)",
                          **{k: metrics[k] for k in ("initial_heldout_reward", "heldout_reward")}})
+            continue
+        if run["kind"] == "ioi":
+            final = run["metrics"]["final"]
+            rows.append({**common, "task": "indirect object identification",
+                         "train_accuracy": final["train_templates"]["accuracy"],
+                         "heldout_accuracy": final["heldout_templates"]["accuracy"],
+                         "chance_accuracy": 0.5,  # one of the two names in the prompt, at random
+                         "initial_heldout_accuracy": run["metrics"]["initial"]["heldout_templates"]["accuracy"]})
             continue
         if run["kind"] == "pretrain":
             metrics = run["metrics"]

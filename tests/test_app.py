@@ -251,3 +251,21 @@ def test_overlap_page_on_demo_shows_runs_references_and_convergence(monkeypatch)
     assert set(at.dataframe[0].value["of"]) == {"gradients"}
     at.radio(key="overlap_rule").set_value("qgalore_step").run()
     assert not at.exception
+
+
+def test_patching_page_on_demo_shows_verdicts_parts_and_layers(monkeypatch):
+    at = _app(monkeypatch, None).run()
+    at.switch_page("views/patching.py").run()
+    assert not at.exception
+    assert len(_charts(at)) == 4  # verdict grid, parts, norm split, across layers
+    assert set(at.selectbox(key="patching_model").options) >= {"toy-illusion"}
+    assert at.selectbox(key="patching_model").value != "toy-illusion"  # the real model first
+    grid = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert set(grid["y"]) == {"das", "mean_diff", "probe", "gradient"}
+    at.selectbox(key="patching_model").set_value("toy-illusion").run()
+    assert not at.exception
+    at.selectbox(key="patching_method:toy-illusion:mlp_hidden").set_value("planted_illusory").run()
+    assert not at.exception
+    assert any("illusory" in m.value for m in at.markdown)
+    parts = json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]
+    assert [round(float(v)) for v in _plotly_array(parts["y"])] == [200, 100, 0, 0]  # whole, v, v_row, v_null

@@ -91,7 +91,7 @@ def test_manifest_lists_every_run(built):
     root, manifest, seconds = built
     assert json.loads((root / "manifest.json").read_text()) == manifest
     assert [r["name"] for r in manifest["runs"]] == [s.name for s in zoo.plan()]
-    assert {r["kind"] for r in manifest["runs"]} == {"finetune", "continual", "pretrain", "cast", "rl", "sft"}
+    assert {r["kind"] for r in manifest["runs"]} == {"finetune", "continual", "pretrain", "cast", "rl", "sft", "ioi"}
     assert {(r["method"], r["rank"]) for r in runs_of(manifest, task="sentiment")} == {
         ("full", None), ("lora", 1), ("lora", 8), ("lora", 64), ("rslora", 64)}
     assert {r["task"] for r in runs_of(manifest, kind="finetune", method="full")} == {"sentiment", "topic", "code"}
@@ -113,6 +113,10 @@ def test_manifest_lists_every_run(built):
             continue
         if run["kind"] == "pretrain":
             assert run["merged"] is None and run["metrics"]["heldout_loss"] > 0
+        elif run["kind"] == "ioi":
+            final = run["metrics"]["final"]
+            assert run["merged"] is None
+            assert all(0 <= final[split]["accuracy"] <= 1 for split in ("train_templates", "heldout_templates"))
         else:
             assert (root / run["merged"] / "model.safetensors").exists()
             per_task = run["metrics"].values() if run["kind"] == "continual" else [run["metrics"]]
@@ -136,7 +140,7 @@ def test_run_folders_read_by_open_checkpoints(built):
         if run["method"] in ("lora", "rslora"):
             assert found[-1].files[0].name == "adapter_model.safetensors"
             assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
-        elif run["kind"] in ("pretrain", "rl", "sft"):
+        elif run["kind"] in ("pretrain", "rl", "sft", "ioi"):
             assert "transformer.h.0.attn.c_attn.weight" in names
         else:
             assert QUERY in names

@@ -26,12 +26,14 @@ from pathlib import Path
 
 from subspace_atlas.zoo import io, tasks
 from subspace_atlas.zoo.finetune import Recipe
+from subspace_atlas.zoo.ioi import IoiRecipe
 from subspace_atlas.zoo.pretrain import PretrainRecipe
 from subspace_atlas.zoo.rl import RlRecipe
 
 ZOO_VERSION = 1
 BASE_NAME = "all-MiniLM-L6-v2"
 PRETRAIN_NAME = "pretrain-gpt2-stdlib"
+IOI_NAME = "ioi-gpt2"
 BF16_BASE = "gpt2-stdlib-bf16"
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"
@@ -48,6 +50,7 @@ class Scale:
     finetune: dict = field(default_factory=dict)  # overrides of Recipe
     pretrain: PretrainRecipe = PretrainRecipe()
     rl: dict = field(default_factory=dict)  # overrides of RlRecipe
+    ioi: dict = field(default_factory=dict)  # overrides of IoiRecipe
 
 
 SCALES = {
@@ -58,14 +61,16 @@ SCALES = {
                                           warmup=1, train_chars=40_000, heldout_chars=10_000, eval_blocks=4,
                                           log_every=1),
                   rl={"steps": 2, "saves": 2, "prompts_per_step": 2, "group": 4, "train_prompts": 16,
-                      "eval_prompts": 8}),
+                      "eval_prompts": 8},
+                  ioi={"n_layer": 2, "n_embd": 32, "steps": 4, "batch_size": 8, "eval_pairs": 16, "saves": 2,
+                       "log_every": 2, "warmup": 1}),
 }
 
 
 @dataclass(frozen=True)
 class RunSpec:
     name: str
-    kind: str  # finetune | continual | pretrain | cast | rl | sft
+    kind: str  # finetune | continual | pretrain | cast | rl | sft | ioi
     tasks: tuple[str, ...] = ()
     method: str | None = None
     rank: int | None = None
@@ -79,6 +84,9 @@ class RunSpec:
                    "SFT (cross-entropy on the real continuations of the same prompts)")
             return (f"{PRETRAIN_NAME} fine-tuned to complete lines of Python by {how}; float32 master weights, "
                     f"bf16 checkpoints, seed {self.rank or 0}.")
+        if self.kind == "ioi":
+            return ("GPT-2 (4 layers, width 128, 4 heads) trained from scratch on an IOI task (names × templates, "
+                    "word-level tokenizer), loss on the answer token; two templates held out.")
         if self.kind == "pretrain":
             return ("GPT-2 (4 layers, width 128) pretrained from scratch on the Python standard library's source, "
                     "byte-level BPE tokenizer trained locally; held-out loss on held-out files.")
@@ -105,14 +113,17 @@ def plan() -> list[RunSpec]:
     # For the RL runs `rank` holds the seed (the spec has no other use for it).
     runs += [RunSpec(f"rl-grpo-seed{s}", "rl", method="grpo", rank=s) for s in (0, 1)]
     runs += [RunSpec("sft-seed0", "sft", method="sft", rank=0)]
+    runs += [RunSpec(IOI_NAME, "ioi")]
     return runs
 
 
-def _recipe(spec: RunSpec, scale: Scale, seed: int) -> Recipe | PretrainRecipe | RlRecipe | None:
+def _recipe(spec: RunSpec, scale: Scale, seed: int) -> Recipe | PretrainRecipe | RlRecipe | IoiRecipe | None:
     if spec.kind == "pretrain":
         return replace(scale.pretrain, seed=seed)
     if spec.kind == "cast":
         return None
+    if spec.kind == "ioi":
+        return IoiRecipe(seed=seed, **scale.ioi)
     if spec.kind in ("rl", "sft"):
         return RlRecipe(method=spec.method, seed=seed + (spec.rank or 0), **scale.rl)
     return Recipe(method=spec.method, rank=spec.rank, lr=LR[spec.method], seed=seed, **scale.finetune)
@@ -226,6 +237,10 @@ def _headline(entry: dict) -> str:
         return f"cast from {entry['cast_from']}"
     if entry["kind"] in ("rl", "sft"):
         return f"held-out valid-line rate {m['initial_heldout_reward']:.3f} → {m['heldout_reward']:.3f}"
+    if entry["kind"] == "ioi":
+        final = m["final"]
+        return (f"IOI accuracy {final['train_templates']['accuracy']:.3f} (training templates, new name pairs), "
+                f"{final['heldout_templates']['accuracy']:.3f} (held-out templates)")
     if entry["kind"] == "pretrain":
         return f"held-out loss {m['initial_heldout_loss']:.3f} → {m['heldout_loss']:.3f}"
     per_task = m.items() if entry["kind"] == "continual" else [(entry["task"], m)]
@@ -247,6 +262,11 @@ def _build_run(root: Path, spec: RunSpec, recipe, sc: Scale, scale: str, seed: i
 
         result = cast_base(run_dir, pretrained_model(root))
         base, task_names = PRETRAIN_NAME, []
+    elif spec.kind == "ioi":
+        from subspace_atlas.zoo.ioi import train as train_ioi
+
+        result = train_ioi(run_dir, recipe, progress=progress, log=log)
+        base, task_names = None, ["ioi"]
     elif spec.kind in ("rl", "sft"):
         from subspace_atlas.zoo.rl import train
 

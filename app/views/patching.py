@@ -1,0 +1,50 @@
+"""Activation patching: is a subspace a patch "finds" real, or an interpretability illusion?"""
+
+import streamlit as st
+
+import charts
+from common import current_store, table_or_stop
+
+store = current_store()
+st.title("Activation patching")
+st.caption("A direction v at a site is patched from source prompts into base prompts (w' = w + P_v(u − w)); "
+           "FLDD = 100·(1 − LD_patched / LD_base) says how much of the base's preference for its answer it "
+           "removes. The illusion test splits v into the part that what reads the site downstream can see "
+           "(v_row: W_out's row space for an MLP's hidden units, later heads' W_Q for the residual stream) and "
+           "the part it cannot (v_null), and patches each alone (Makelov, Lange & Nanda). A direction whose "
+           "effect needs v_null to switch on a dormant v_row is an illusion.")
+effects = table_or_stop(store, "patching", "effects", "patching results",
+                        "subspace-atlas patch --model PATH --site mlp_hidden resid_post --layer 0 1 --method das")
+
+c1, c2 = st.columns(2)
+models = sorted(effects["model"].unique(), key=lambda m: (m == "toy-illusion", m))
+model = c1.selectbox("Model", models, key="patching_model")
+mine = effects[effects["model"] == model]
+site = c2.selectbox("Site", sorted(mine["site"].unique()), key=f"patching_site:{model}",
+                    help="mlp_hidden: an MLP's hidden units at the last token; resid_post: the residual stream "
+                         "after a block")
+mine = mine[mine["site"] == site]
+clean = mine["clean_accuracy"].iloc[0]
+st.markdown(f"Clean IOI accuracy on the held-out pairs (LD > 0): **{clean:.3f}**; "
+            f"downstream readers: **{mine['readers'].iloc[0]}**.")
+
+st.plotly_chart(charts.verdict_grid(mine), key="patching_grid")
+
+c3, c4 = st.columns(2)
+layer = c3.selectbox("Layer", sorted(mine["layer"].unique()), key=f"patching_layer:{model}:{site}")
+method = c4.selectbox("Method", sorted(mine["method"].unique()), key=f"patching_method:{model}:{site}")
+one = mine[(mine["layer"] == layer) & (mine["method"] == method)]
+if not one.empty:
+    parts = one.set_index("component")
+    st.markdown(
+        f"**{one['verdict'].iloc[0]}** — the direction removes {parts.loc['full', 'fldd']:.1f} % of the base's "
+        f"logit difference; its row part alone {parts.loc['row', 'fldd']:.1f} % (share "
+        f"{one['row_share'].iloc[0]:.2f}), its null part alone {parts.loc['null', 'fldd']:.1f} %. "
+        f"‖v_row‖ = {parts.loc['row', 'norm']:.3f}, ‖v_null‖ = {parts.loc['null', 'norm']:.3f}.")
+left, right = st.columns(2)
+left.plotly_chart(charts.effect_by_component(one), key="patching_components")
+right.plotly_chart(charts.norm_split(one), key="patching_norms")
+st.plotly_chart(charts.effect_across_layers(mine[mine["method"] == method]), key="patching_layers")
+st.dataframe(mine.drop(columns=["model_path"]), hide_index=True)
+st.download_button("Download CSV", mine.to_csv(index=False).encode(), file_name="patching.csv", mime="text/csv",
+                   key="patching_csv")
