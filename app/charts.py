@@ -536,11 +536,12 @@ def verdict_grid(effects: pd.DataFrame) -> go.Figure:
     for row in full.itertuples():
         i, j = methods.index(row.method), layers.index(row.layer)
         z[i, j] = code[row.verdict]
-        text[i, j] = f"{row.fldd:.0f} %<br>{row.verdict}"
+        text[i, j] = f"{round(row.fldd) or 0:.0f} %<br>{row.verdict}"  # no "-0 %"
     scale = [[k / 2, c] for k, c in enumerate(VERDICT_COLORS.values())]
     fig = go.Figure(go.Heatmap(z=z, x=[str(x) for x in layers], y=methods, text=text, texttemplate="%{text}",
                                colorscale=scale, zmin=0, zmax=2, showscale=False,
                                hovertemplate="layer %{x}, %{y}: %{text}<extra></extra>"))
+    fig.update_xaxes(type="category")
     fig.update_layout(title="Verdict per layer and method (cell: the full direction's FLDD)",
                       xaxis_title="layer", yaxis_title="method")
     return fig

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Find a direction at a site (DAS, difference of means, probe, gradient), "
                                        "patch it and its parts inside / outside what reads the site downstream, "
                                        "and judge it faithful, illusory or inconclusive.")
-    patch.add_argument("--model", help="a local HF causal-LM folder (config, weights, tokenizer); not for --task toy")
+    patch.add_argument("--model", metavar="[NAME=]PATH",
+                       help="a local HF causal-LM folder (config, weights, tokenizer); not for --task toy")
     patch.add_argument("--task", choices=["ioi", "toy"], default="ioi",
                        help="ioi: paired IOI prompts; toy: the distilled illusion example (default: ioi)")
     patch.add_argument("--site", nargs="+", default=["mlp_hidden"], choices=["mlp_hidden", "resid_post"])
@@ -188,9 +189,10 @@ def _run_patch(args: argparse.Namespace) -> int:
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in fixed.items()}
     if args.task == "ioi" and not args.model:
         raise AtlasError("patch --task ioi needs --model PATH (a local HF causal-LM folder)")
-    computed, skipped = patching.run_jobs(Store(args.store), args.task, args.model if args.task == "ioi" else None,
-                                          args.site, args.layer, args.method, fixed,
-                                          str(linalg.resolve_device(args.device)), force=args.force)
+    path, name = _named(args.model) if args.task == "ioi" else (None, None)
+    computed, skipped = patching.run_jobs(Store(args.store), args.task, path, args.site, args.layer, args.method,
+                                          fixed, str(linalg.resolve_device(args.device)), force=args.force,
+                                          name=name)
     print(f"patch: computed {computed} job(s), {skipped} already stored → {args.store}")
     return 0
 

@@ -177,7 +177,8 @@ def patching_jobs(store: Store, root: Path, manifest: dict, device: str) -> tupl
     if run is not None:
         model = root / run["checkpoints"][-1]["path"]
         layers = list(range(run["recipe"]["n_layer"]))
-        more = patching.run_jobs(store, "ioi", str(model), patching.SITES, layers, patching.METHODS, fixed, device)
+        more = patching.run_jobs(store, "ioi", str(model), patching.SITES, layers, patching.METHODS, fixed, device,
+                                 name=run["name"])
         computed, skipped = computed + more[0], skipped + more[1]
     return computed, skipped
 

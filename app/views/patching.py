@@ -20,13 +20,12 @@ c1, c2 = st.columns(2)
 models = sorted(effects["model"].unique(), key=lambda m: (m == "toy-illusion", m))
 model = c1.selectbox("Model", models, key="patching_model")
 mine = effects[effects["model"] == model]
-site = c2.selectbox("Site", sorted(mine["site"].unique()), key=f"patching_site:{model}",
+site = c2.selectbox("Site", sorted(mine["site"].unique(), reverse=True), key=f"patching_site:{model}",
                     help="mlp_hidden: an MLP's hidden units at the last token; resid_post: the residual stream "
                          "after a block")
 mine = mine[mine["site"] == site]
 clean = mine["clean_accuracy"].iloc[0]
-st.markdown(f"Clean IOI accuracy on the held-out pairs (LD > 0): **{clean:.3f}**; "
-            f"downstream readers: **{mine['readers'].iloc[0]}**.")
+st.markdown(f"Clean accuracy on the held-out pairs (LD > 0): **{clean:.3f}**.")
 
 st.plotly_chart(charts.verdict_grid(mine), key="patching_grid")
 
@@ -36,11 +35,14 @@ method = c4.selectbox("Method", sorted(mine["method"].unique()), key=f"patching_
 one = mine[(mine["layer"] == layer) & (mine["method"] == method)]
 if not one.empty:
     parts = one.set_index("component")
+    full = parts.loc["full", "fldd"]
+    share = (f"share {one['row_share'].iloc[0]:.2f}" if abs(full) >= one["min_effect"].iloc[0] else "too small an effect to judge")
     st.markdown(
-        f"**{one['verdict'].iloc[0]}** — the direction removes {parts.loc['full', 'fldd']:.1f} % of the base's "
-        f"logit difference; its row part alone {parts.loc['row', 'fldd']:.1f} % (share "
-        f"{one['row_share'].iloc[0]:.2f}), its null part alone {parts.loc['null', 'fldd']:.1f} %. "
-        f"‖v_row‖ = {parts.loc['row', 'norm']:.3f}, ‖v_null‖ = {parts.loc['null', 'norm']:.3f}.")
+        f"**{one['verdict'].iloc[0]}** — the direction removes {full:.1f} % of the base's logit difference; "
+        f"its row part alone {parts.loc['row', 'fldd']:.1f} % ({share}), its null part alone "
+        f"{parts.loc['null', 'fldd']:.1f} %. ‖v_row‖ = {parts.loc['row', 'norm']:.3f}, "
+        f"‖v_null‖ = {parts.loc['null', 'norm']:.3f}. Read downstream by: "
+        f"{one['readers'].iloc[0] or 'the answers’ unembedding (no later layer)'}.")
 left, right = st.columns(2)
 left.plotly_chart(charts.effect_by_component(one), key="patching_components")
 right.plotly_chart(charts.norm_split(one), key="patching_norms")

@@ -278,6 +278,7 @@ def illusion_test(target: Target, train: list[Batch], held_out: list[Batch], par
     row_effect = float(frame.loc[frame.component == "row", "fldd"].iloc[0])
     frame["verdict"] = verdict(full, row_effect, params)
     frame["row_share"] = row_effect / full if full else math.nan
+    frame["min_effect"] = params.min_effect
     frame["reader_rank"] = target.reader_basis().shape[1]
     frame["site_dim"] = v.numel()
     return frame
@@ -287,15 +288,17 @@ def illusion_test(target: Target, train: list[Batch], held_out: list[Batch], par
 
 
 class BridgeTarget:
-    """A site of a TransformerLens ``TransformerBridge``: ``blocks.L.mlp.hook_post`` or ``blocks.L.hook_resid_post``."""
+    """A site of a TransformerLens ``TransformerBridge``: ``blocks.L.mlp.hook_post`` or ``blocks.L.hook_resid_post``
+    (``hook`` names any other hook point of the same shape; its readers are still the site's)."""
 
     def __init__(self, bridge, site: str, layer: int, readers: list[tuple[int, int]] | None = None,
-                 answer_ids: torch.Tensor | None = None):
+                 answer_ids: torch.Tensor | None = None, hook: str | None = None):
         n_layers = bridge.cfg.n_layers
         if not 0 <= layer < n_layers:
             raise AtlasError(f"--layer {layer}: the model has layers 0–{n_layers - 1}")
         self.bridge, self.site, self.layer = bridge, site, layer
-        self.hook = f"blocks.{layer}.mlp.hook_post" if site == "mlp_hidden" else f"blocks.{layer}.hook_resid_post"
+        self.hook = hook or (f"blocks.{layer}.mlp.hook_post" if site == "mlp_hidden"
+                             else f"blocks.{layer}.hook_resid_post")
         self.readers = readers or []
         self.answer_ids = answer_ids
 
@@ -459,9 +462,10 @@ def run_toy(params: Params, log: Callable[[str], None] = lambda s: None) -> pd.D
 
 
 def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed: dict, device: str = "cpu",
-             force: bool = False, log: Callable[[str], None] | None = None) -> tuple[int, int]:
+             force: bool = False, log: Callable[[str], None] | None = None, name: str | None = None) -> tuple[int, int]:
     """One stored job per (site, layer, method), keyed by the model's content, the task and the params;
-    what the store holds is skipped. Returns (computed, skipped)."""
+    what the store holds is skipped. ``name`` labels the model (default: its folder's name).
+    Returns (computed, skipped)."""
     import dataclasses
     import itertools
     import sys
@@ -473,7 +477,7 @@ def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed:
     log = log or (lambda s: print(s, file=sys.stderr))
     ckpt = None
     if task == "ioi":
-        found = open_checkpoints(model)
+        found = open_checkpoints(model, name=name)
         if len(found) != 1:
             raise AtlasError(f"--model {model}: a run folder of {len(found)} checkpoints; give one checkpoint")
         ckpt = found[0]
@@ -490,6 +494,8 @@ def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed:
             continue
         t0 = time.perf_counter()
         frame = run_toy(params, log) if ckpt is None else run_ioi(str(ckpt.path), params, device, log)[0]
+        if ckpt is not None:
+            frame["model"] = ckpt.name
         wall = time.perf_counter() - t0
         store.write(NAME, fp, {"effects": frame},
                     {"params": dataclasses.asdict(params), "device": device, "wall_s": round(wall, 3),
