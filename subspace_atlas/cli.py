@@ -107,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_params(patch, _patching.Params, skip=("site", "layer", "method"))
     patch.set_defaults(handler=_run_patch)
+    scan = sub.add_parser("scan", help="find every checkpoint, run and adapter under a folder; run every analysis",
+                          description="Spectra of every checkpoint, overlap per run, intruders and angles for "
+                                      "PEFT adapters against their recorded base, and whatever atlas-scan.json "
+                                      "adds (see the README); jobs the store holds are skipped.")
+    scan.add_argument("folder")
+    scan.add_argument("--analyses", nargs="+", default=None, metavar="NAME",
+                      help="only these (spectra overlap intruders sparsity angles; default: all)")
+    scan.add_argument("--dry-run", action="store_true", help="print the plan and what the store holds; compute nothing")
+    scan.add_argument("--store", default=DEFAULT_STORE)
+    scan.add_argument("--device", default="auto")
+    scan.add_argument("--force", action="store_true")
+    scan.set_defaults(handler=_run_scan)
     info = sub.add_parser("info", help="what a store holds: analyses, jobs, checkpoints")
     info.add_argument("--store", default=DEFAULT_STORE)
     info.set_defaults(handler=_run_info)
@@ -176,6 +188,29 @@ def _run_zoo(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise AtlasError(str(err)) from err
     print(f"zoo: {len(manifest['runs'])} run(s); manifest: {Path(args.root) / zoo.MANIFEST}")
+    return 0
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from subspace_atlas import jobs, linalg, scan
+    from subspace_atlas.store import Store
+
+    store = Store(args.store)
+    groups = scan.plan(args.folder, tuple(args.analyses) if args.analyses else scan.ALL)
+    if not groups:
+        print(f"scan: nothing to analyse under {args.folder}")
+        return 0
+    for line in scan.describe(groups, store):
+        print(("plan: " if args.dry_run else "") + line)
+    if args.dry_run:
+        return 0
+    device = linalg.resolve_device(args.device)
+    computed = skipped = 0
+    for k, (what, planned) in enumerate(groups, 1):
+        print(f"[{k}/{len(groups)}] {what}", file=sys.stderr)
+        outcome = jobs.run(planned, store, device, force=args.force)
+        computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
+    print(f"scan: computed {computed} job(s), {skipped} already stored → {store.root}")
     return 0
 
 
