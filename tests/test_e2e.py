@@ -1,0 +1,103 @@
+"""A real browser against the real app: Playwright drives Debian's chromium through every page.
+
+``streamlit run app/main.py`` starts on a free port on the committed demo store; the test waits for it,
+visits every page, checks that charts render, changes a filter and checks the chart changes, and saves
+a screenshot of each page under ``$E2E_SCREENSHOTS`` (default: ``test-artifacts/e2e``, git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PAGES = {"": 3, "spectra": 4, "intruders": 6, "sparsity": 5, "angles": 2, "overlap": 1, "patching": 4}
+SHOTS = Path(os.environ.get("E2E_SCREENSHOTS", ROOT / "test-artifacts" / "e2e"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    port = free_port()
+    env = {**os.environ, "SUBSPACE_ATLAS_STORE": str(ROOT / "data" / "demo-store")}
+    env.pop("SUBSPACE_ATLAS_READONLY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
+                             "--server.port", str(port), "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"the app did not start: {proc.stdout.read1().decode(errors='replace')}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def charts(page, at_least: int) -> int:
+    """Wait until ``at_least`` plotly charts have drawn their SVG; return how many there are."""
+    drawn = "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(d => d.querySelector('.main-svg'))"
+    page.wait_for_function(f"{drawn}.length >= {at_least}", timeout=60_000)
+    return page.evaluate(f"{drawn}.length")
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_every_page_renders_its_charts(app_url, browser, path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{app_url}/{path}")
+    assert charts(page, PAGES[path]) >= PAGES[path]
+    assert page.locator("[data-testid='stException']").count() == 0
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{path or 'overview'}.png"), full_page=True)
+    page.close()
+
+
+def test_changing_a_filter_changes_the_chart(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{app_url}/overlap")
+    page.get_by_role("tab", name="Layer × step").click()
+    charts(page, 2)  # over training, layer × step
+    read = "(() => JSON.stringify(Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => d.data)))"
+    before = page.evaluate(read)
+    page.get_by_text("first", exact=True).click()  # compare with the first checkpoint, not the previous
+    page.wait_for_function(f"{read}() !== {json.dumps(before)}", timeout=60_000)
+    assert page.evaluate(read) != before
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "overlap-first.png"), full_page=True)
+    page.close()
