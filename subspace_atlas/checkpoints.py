@@ -389,3 +389,12 @@ def open_checkpoints(path: str | Path, name: str | None = None) -> list[Checkpoi
         found.append(Checkpoint(name=f"{run}/final" if run else (name or path.name), path=path, files=own,
                                 step=_step_of(path), run=run))
     return found
+
+
+def open_one(path: str | Path, name: str | None = None, flag: str = "") -> Checkpoint:
+    """Exactly one checkpoint (a base, a run's start, a model to probe); a run folder is an error naming ``flag``."""
+    found = open_checkpoints(path, name)
+    if len(found) != 1:
+        raise AtlasError(f"{flag + ' ' if flag else ''}{path}: a run folder of {len(found)} checkpoints; "
+                         "give one checkpoint")
+    return found[0]

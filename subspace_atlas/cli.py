@@ -40,6 +40,12 @@ def _add_params(parser: argparse.ArgumentParser, params_cls: type, skip: tuple[s
                            **extra)
 
 
+def _param_values(args: argparse.Namespace, params_cls: type, skip: tuple[str, ...] = ()) -> dict:
+    """The ``Params`` fields as ``_add_params`` parsed them (lists of several values back to tuples)."""
+    values = {f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(params_cls) if f.name not in skip}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=DEFAULT_STORE,
                         help="result store folder (default: $SUBSPACE_ATLAS_STORE or ./atlas-store)")
@@ -127,29 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_analysis(args: argparse.Namespace) -> int:
     from subspace_atlas import jobs, linalg
-    from subspace_atlas.checkpoints import open_checkpoints
+    from subspace_atlas.checkpoints import open_checkpoints, open_one
     from subspace_atlas.store import Store
 
     module = analysis.get(args.analysis)
-    values = {f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(module.Params)}
     try:
-        params = module.Params(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        params = module.Params(**_param_values(args, module.Params))
     except ValueError as err:
         raise AtlasError(f"{module.NAME}: {err}") from err
     device = linalg.resolve_device(args.device)
     checkpoints = [c for arg in args.checkpoints for c in open_checkpoints(*_named(arg))]
-    base = None
-    if getattr(args, "base", None):
-        found = open_checkpoints(*_named(args.base))
-        if len(found) != 1:
-            raise AtlasError(f"--base {args.base}: a run folder of {len(found)} checkpoints; give one checkpoint")
-        base = found[0]
-    start = None
-    if getattr(args, "start", None):
-        found = open_checkpoints(*_named(args.start))
-        if len(found) != 1:
-            raise AtlasError(f"--start {args.start}: a run folder of {len(found)} checkpoints; give one checkpoint")
-        start = found[0]
+    base = open_one(*_named(args.base), flag="--base") if getattr(args, "base", None) else None
+    start = open_one(*_named(args.start), flag="--start") if getattr(args, "start", None) else None
     planned = jobs.plan(module, checkpoints, params, args.tensors, base=base,
                         cross=not getattr(args, "no_overlap", False), start=start)
     store = Store(args.store)
@@ -219,9 +214,7 @@ def _run_patch(args: argparse.Namespace) -> int:
     from subspace_atlas.probes import patching
     from subspace_atlas.store import Store
 
-    fixed = {f.name: getattr(args, f"param_{f.name}") for f in dataclasses.fields(patching.Params)
-             if f.name not in ("site", "layer", "method")}
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in fixed.items()}
+    fixed = _param_values(args, patching.Params, skip=("site", "layer", "method"))
     if args.task == "ioi" and not args.model:
         raise AtlasError("patch --task ioi needs --model PATH (a local HF causal-LM folder)")
     path, name = _named(args.model) if args.task == "ioi" else (None, None)

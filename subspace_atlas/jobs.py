@@ -46,7 +46,8 @@ class Job:
     base: Checkpoint | None = None  # what a paired analysis compares the checkpoint with
     base_identity: str | None = None
     other: Checkpoint | None = None  # a cross job's second checkpoint
-    group: tuple[Checkpoint, ...] = ()  # a group job's checkpoints
+    group: tuple[Checkpoint, ...] = ()  # a group job's (or a run job's) checkpoints
+    identities: tuple[str, ...] = ()  # a run job's members' content identities, in order
 
 
 @dataclass
@@ -131,7 +132,8 @@ def plan_runs(module: ModuleType, checkpoints: Sequence[Checkpoint], params: obj
         inputs = {"run": name, "members": [[i, c.name, c.step] for i, c in zip(identities, members)],
                   "tensors": tensors} | extra
         jobs.append(Job(module, members[0], params, tensors, identities[0],
-                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), group=tuple(members)))
+                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), group=tuple(members),
+                        identities=tuple(identities)))
     return jobs
 
 
@@ -278,19 +280,7 @@ def _run_runs(todo: list[Job], skipped: list[Job], store: Store, device: torch.d
                   leave=False, desc=f"{module.NAME} {members[0].run}") as bar:
             tables = module.compute(items, job.params, steps, device, cache=SvdCache(default_root()),
                                     progress=bar.update)
-        labelled = {}
-        for name, frame in tables.items():
-            if "a" in frame:
-                parts = [label_cross(part.drop(columns=["a", "b"]).reset_index(drop=True), members[a], members[b])
-                         for (a, b), part in frame.groupby(["a", "b"], sort=True)]
-                both = (pd.concat(parts, ignore_index=True) if parts else
-                        label_cross(frame.drop(columns=["a", "b"]), members[0], members[-1]))
-                labelled[name] = both.drop(columns=["run_a", "run_b"])
-                labelled[name].insert(0, "run", members[0].run)
-            elif "job" in frame:
-                labelled[name] = label_members(frame, members, None)
-            else:
-                labelled[name] = label(frame, members[-1]).drop(columns=["checkpoint", "checkpoint_path", "step"])
+        labelled = label_run(tables, members)
         wall = time.perf_counter() - t0
         n = sum(len(i.loaders) for i in items)
         store.write(module.NAME, job.fingerprint, labelled, _provenance(job, device, wall, n))
@@ -298,6 +288,25 @@ def _run_runs(todo: list[Job], skipped: list[Job], store: Store, device: torch.d
         log(f"[{k}/{len(plans)}] {members[0].run}: {len(members)} checkpoints × {len(items)} matrices "
             f"in {wall:.2f} s")
     return Outcome(todo, skipped, count, time.perf_counter() - start)
+
+
+def label_run(tables: dict[str, pd.DataFrame], members: list[Checkpoint]) -> dict[str, pd.DataFrame]:
+    """Label a run's tables: rows of two checkpoints (``a``, ``b``) with both and the run, rows of one
+    (``job``) with it, the rest (per matrix) with the run, layer and kind."""
+    labelled = {}
+    for name, frame in tables.items():
+        if "a" in frame:
+            parts = [label_cross(part.drop(columns=["a", "b"]).reset_index(drop=True), members[a], members[b])
+                     for (a, b), part in frame.groupby(["a", "b"], sort=True)]
+            both = (pd.concat(parts, ignore_index=True) if parts else
+                    label_cross(frame.drop(columns=["a", "b"]), members[0], members[-1]))
+            labelled[name] = both.drop(columns=["run_a", "run_b"])
+            labelled[name].insert(0, "run", members[0].run)
+        elif "job" in frame:
+            labelled[name] = label_members(frame, members, None)
+        else:
+            labelled[name] = label(frame, members[-1]).drop(columns=["checkpoint", "checkpoint_path", "step"])
+    return labelled
 
 
 def run_matrices(job: Job) -> list:
@@ -311,7 +320,7 @@ def run_matrices(job: Job) -> list:
     members = list(job.group)
     selected = matrices_of(job, members[-1])
     per_member = []
-    for ckpt in members:
+    for ckpt, identity in zip(members, job.identities):
         infos = ckpt.tensors_by_name()
         to_mine = align(list(infos), [i.name for i in selected])
         found = {}
@@ -324,7 +333,7 @@ def run_matrices(job: Job) -> list:
                 raise AtlasError(f"{ckpt.path}: tensor {name!r} is {list(infos[name].shape)} but {info.name!r} in "
                                  f"{members[-1].path} is {list(info.shape)}; are these checkpoints of one run?")
             found[info.name] = name
-        per_member.append((ckpt, ckpt.identity(), found))
+        per_member.append((ckpt, identity, found))
     return [RunMatrix(info, [lambda c=c, n=found[info.name]: c.load(n) for c, _, found in per_member],
                       [f"{ident}|{found[info.name]}|{tuple(info.shape)}" for _, ident, found in per_member])
             for info in selected]

@@ -16,12 +16,11 @@ from typing import TypeVar
 import pandas as pd
 import torch
 
-from subspace_atlas import linalg
 from subspace_atlas.adapters import LoraAdapter, LoraUpdate, is_adapter, recorded_base
 from subspace_atlas.checkpoints import Checkpoint, TensorInfo, open_checkpoints, select_matrices
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.naming import align
-from subspace_atlas.parallel import bounded_map
+from subspace_atlas.parallel import map_matrices
 from subspace_atlas.svdcache import SvdCache
 
 Loader = Callable[[], torch.Tensor | LoraUpdate]
@@ -49,20 +48,10 @@ def _bytes_of(item: PairedMatrix) -> int:
 
 def map_pairs(work: Callable[[PairedMatrix], R], items: Iterable[PairedMatrix], device: torch.device,
               workers: int | None, progress: Callable[[int], None]) -> Iterator[R]:
-    """``work`` on each paired matrix, results in order, reporting each matrix's pairs to ``progress``.
-
-    ``workers`` at once (default: torch's thread count on a CPU, each single-threaded; one on a GPU),
-    started only while their stored bytes stay within ``INFLIGHT_BYTES``.
-    """
-    workers = workers or (torch.get_num_threads() if device.type == "cpu" else 1)
-
-    def one(item: PairedMatrix) -> R:
-        out = work(item)
-        progress(len(item.tuned))
-        return out
-
-    with linalg.single_threaded(workers > 1):
-        yield from bounded_map(one, items, _bytes_of, workers, INFLIGHT_BYTES)
+    """``work`` on each paired matrix (``parallel.map_matrices``), reporting each matrix's pairs to ``progress``,
+    with the stored bytes of the matrices in flight within ``INFLIGHT_BYTES``."""
+    yield from map_matrices(work, items, _bytes_of, lambda item: len(item.tuned), device, workers, INFLIGHT_BYTES,
+                            progress)
 
 
 def empty_table(*keys: str) -> pd.DataFrame:

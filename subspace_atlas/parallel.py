@@ -1,4 +1,5 @@
-"""A thread-pool map that bounds how many bytes of input are being worked on at once."""
+"""A thread-pool map that bounds how many bytes of input are being worked on at once, and the per-matrix
+worker policy every analysis shares (how many workers, one torch thread each)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,3 +36,24 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], size: Callable[[T], in
         while pending:
             future, _ = pending.popleft()
             yield future.result()
+
+
+def map_matrices(work: Callable[[T], R], items: Iterable[T], size: Callable[[T], int], count: Callable[[T], int],
+                 device: torch.device, workers: int | None, budget: int,
+                 progress: Callable[[int], None]) -> Iterator[R]:
+    """``work`` on each item, results in order, reporting ``count(item)`` to ``progress`` as each finishes.
+
+    ``workers`` at once (default: torch's thread count on a CPU, each single-threaded; one on a GPU),
+    started only while their ``size`` stays within ``budget``.
+    """
+    from subspace_atlas import linalg
+
+    workers = workers or (torch.get_num_threads() if device.type == "cpu" else 1)
+
+    def one(item: T) -> R:
+        out = work(item)
+        progress(count(item))
+        return out
+
+    with linalg.single_threaded(workers > 1):
+        yield from bounded_map(one, items, size, workers, budget)

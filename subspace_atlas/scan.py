@@ -29,7 +29,7 @@ from pathlib import Path
 
 from subspace_atlas import analysis, jobs
 from subspace_atlas.adapters import LoraAdapter, is_adapter, recorded_base
-from subspace_atlas.checkpoints import Checkpoint, open_checkpoints
+from subspace_atlas.checkpoints import Checkpoint, open_checkpoints, open_one
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.store import Store
 
@@ -110,31 +110,25 @@ def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> list[tuple[str, l
 
     if found.models:
         add(f"spectra of {len(found.models)} checkpoint(s)", "spectra", found.models)
-    starts = {(root / r["path"]).resolve(): _one(root / r["start"]) for r in manifest.get("runs", []) if "start" in r}
+    starts = {(root / r["path"]).resolve(): open_one(root / r["start"])
+              for r in manifest.get("runs", []) if "start" in r}
     for folder, run in found.runs.items():
         dense = [c for c in run if not is_adapter(c)]
         if len(dense) + (folder in starts) >= 2:
             add(f"overlap over run {folder.name}", "overlap", dense, start=starts.get(folder))
     for base_path, adapters in found.adapters.items():
-        base = _one(base_path)
+        base = open_one(base_path)
         add(f"intruders: {len(adapters)} adapter(s) vs {base.name}", "intruders", adapters, base=base)
         finals = list({(c.run or str(c.path)): c for c in adapters}.values())  # a run's task vector: its last
         add(f"angles: {len(finals)} adapter(s) vs {base.name}", "angles", finals, base=base)
     for pair in manifest.get("pairs", []):
-        base = _one(root / pair["base"])
+        base = open_one(root / pair["base"])
         tuned = [c for t in pair.get("tuned", []) for c in open_checkpoints(root / t)]
         for name in pair.get("analyses", PAIRED_DEFAULT):
             if name not in ALL or name in ("spectra", "overlap"):
                 raise AtlasError(f"{root / MANIFEST}: pair analysis {name!r}; expected intruders, sparsity or angles")
             add(f"{name}: {len(tuned)} checkpoint(s) vs {base.name}", name, tuned, base=base)
     return groups
-
-
-def _one(path: Path) -> Checkpoint:
-    found = open_checkpoints(path)
-    if len(found) != 1:
-        raise AtlasError(f"{path}: a base must be one checkpoint, not a run of {len(found)}")
-    return found[0]
 
 
 def describe(groups: list[tuple[str, list[jobs.Job]]], store: Store) -> list[str]:

@@ -48,7 +48,7 @@ def test_toy_planted_directions_get_their_verdicts():
 def test_found_directions_on_the_toy(method, expected):
     data = toy.batches()
     params = dataclasses.replace(PARAMS, method=method)
-    v = patching.find_direction(toy.ToyTarget(), data, params)
+    v = patching.find_direction(toy.ToyTarget(), patching.measure(toy.ToyTarget(), data), params)
     expected = torch.tensor(expected) / 2**0.5
     assert abs(float(v @ expected)) == pytest.approx(1.0, abs=1e-3)
     assert patching.illusion_test(toy.ToyTarget(), data, data, params)["verdict"].iloc[0] == "faithful"
@@ -118,7 +118,7 @@ def test_the_null_part_of_an_mlp_direction_changes_nothing(ioi_model):
     batches = patching.ioi_batches(tokenizer, ioi.pairs(16, seed=4))
     v = torch.randn(target.reader_basis().shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     _, null = patching.split(v, target.reader_basis())
-    result = patching.effect(target, batches, null[:, None])
+    result = patching.effect(target, patching.measure(target, batches), null[:, None])
     assert result["logit_diff"] == pytest.approx(result["logit_diff_base"], abs=1e-4)
 
 

@@ -123,7 +123,8 @@ def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device 
     return {name: pd.DataFrame(found) if found else empty_table(*keys[name]) for name, found in rows.items()}
 
 
-def _sides(params: Params) -> list[str]:
+def sides(params) -> list[str]:
+    """The sides ``params.side`` asks for: left, right, or both."""
     return ["left", "right"] if params.side == "both" else [params.side]
 
 
@@ -145,7 +146,7 @@ def _matrix(item: PairedMatrix, params: Params, cache: SvdCache, pairs: list[tup
         t = svds[job]
         k = choose_k(t.s, params)
         norm = float(torch.linalg.norm(t.s))
-        for side in _sides(params):
+        for side in sides(params):
             q = (t.u if side == "left" else t.v)[:, :k]
             top = base[side][:, :k]
             energy = float(torch.linalg.norm(_project(update, top, side))) / norm if norm > 0 else math.nan
@@ -179,7 +180,7 @@ def _project(update: torch.Tensor | LoraUpdate, q: torch.Tensor, side: str) -> t
 def _pair(name: str, a: int, b: int, ta: TaskSvd, tb: TaskSvd, params: Params) -> list[dict]:
     ka, kb = choose_k(ta.s, params), choose_k(tb.s, params)
     rows = []
-    for side in _sides(params):
+    for side in sides(params):
         qa = (ta.u if side == "left" else ta.v)[:, :ka]
         qb = (tb.u if side == "left" else tb.v)[:, :kb]
         angles = principal_angles(qa, qb)
@@ -221,7 +222,7 @@ def _alignment(name: str, members: list[int], updates: dict, shape: tuple[int, i
     rows = []
     for j in members:
         norm = float(torch.linalg.norm(dense[j]))
-        for side in _sides(params):
+        for side in sides(params):
             q = u[:, :k] if side == "left" else vh[:k].T
             proj = q.T @ dense[j] if side == "left" else dense[j] @ q
             rows.append({"job": j, "tensor": name, "side": side, "k": k, "tasks": len(members),

@@ -26,16 +26,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
 
 from subspace_atlas import linalg
+from subspace_atlas.analysis.angles import principal_angles, sides
 from subspace_atlas.checkpoints import TensorInfo, select_matrices
 from subspace_atlas.linalg import TopSvd
 from subspace_atlas.pairs import empty_table
-from subspace_atlas.parallel import bounded_map
+from subspace_atlas.parallel import map_matrices
 from subspace_atlas.svdcache import SvdCache
 
 NAME = "overlap"
@@ -124,14 +126,41 @@ def subspace_pair(a: TopSvd, b: TopSvd, side: str) -> dict[str, object]:
     qa, qb = (a.u, b.u) if side == "left" else (a.v, b.v)
     qa, qb = qa.double(), qb.double()
     cross = qa.T @ qb
-    cos = torch.linalg.svdvals(cross).clamp(0, 1).numpy()
+    angles = np.degrees(principal_angles(qa, qb))
     k = min(qa.shape[1], qb.shape[1])
     return {"k": k, "k_a": qa.shape[1], "k_b": qb.shape[1],
             "overlap": float(cross.square().sum()) / k,
             "chance": max(qa.shape[1], qb.shape[1]) / qa.shape[0],
-            "angles": np.sort(np.degrees(np.arccos(cos))).tolist(),
-            "mean_angle_deg": float(np.degrees(np.arccos(cos)).mean()),
+            "angles": angles.tolist(), "mean_angle_deg": float(angles.mean()),
             "lead_cos": float(abs(cross[0, 0]))}
+
+
+def subspace_row(t: int, name: str, of: str, top: TopSvd, norm2: float) -> dict[str, object]:
+    """A ``subspaces`` row: one top-k subspace, the energy it holds and how it was found."""
+    return {"job": t, "tensor": name, "of": of, "finite": True, "k": top.s.numel(), "norm": math.sqrt(norm2),
+            "energy_captured": float((top.s**2).sum()) / norm2 if norm2 > 0 else math.nan,
+            "sigma_top": top.s.tolist(), "method": top.method, "iterations": top.iterations,
+            "error_bound": top.bound}
+
+
+def convergence_row(name: str, of: str, side: str, checkpoints: int, overlaps: list[float], lead: list[float],
+                    at: list[int], params: Params) -> dict[str, object]:
+    """A ``convergence`` row from the overlaps (and leading |cos|) of consecutive checkpoints ending at ``at``."""
+    return {"tensor": name, "of": of, "side": side, "checkpoints": checkpoints, "settle": params.settle,
+            "settled_step": settled_step(overlaps, at, params.settle),
+            "final_overlap": overlaps[-1], "min_overlap": min(overlaps),
+            "qgalore_step": qgalore_step(lead, at, params.lead_threshold, params.lead_window)}
+
+
+def frames(rows: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:
+    """The tables from their rows; an empty one keeps its key columns, steps stay integers (or null)."""
+    keys = {"pairs": ("a", "b"), "convergence": (), "subspaces": ("job",), "welore": ("job",), "spectrum": ("job",)}
+    tables = {name: pd.DataFrame(found) if found else empty_table(*keys[name]) for name, found in rows.items()}
+    if "convergence" in tables:
+        for column in ("settled_step", "qgalore_step"):  # a step, or none reached
+            if column in tables["convergence"]:
+                tables["convergence"][column] = tables["convergence"][column].astype("Int64")
+    return tables
 
 
 def reference_pairs(valid: list[int], references: Iterable[str]) -> dict[tuple[int, int], set[str]]:
@@ -191,28 +220,13 @@ def compute(items: Iterable[RunMatrix], params: Params, steps: list[int], device
     the run), ``pairs`` rows ``a`` and ``b``; ``steps`` orders the run (a checkpoint's step, else its position)."""
     device = device or torch.device("cpu")
     cache = cache or SvdCache(None)
-    workers = workers or (torch.get_num_threads() if device.type == "cpu" else 1)
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
-
-    def one(item: RunMatrix) -> dict[str, list[dict]]:
-        out = _matrix(item, params, steps, device, cache)
-        progress(len(item.loaders))
-        return out
-
-    with linalg.single_threaded(workers > 1):
-        for out in bounded_map(one, items, lambda i: 3 * i.info.nbytes, workers, INFLIGHT_BYTES):
-            for name, found in out.items():
-                rows[name] += found
-    keys = {"pairs": ("a", "b"), "convergence": (), "subspaces": ("job",), "welore": ("job",), "spectrum": ("job",)}
-    tables = {name: pd.DataFrame(found) if found else empty_table(*keys[name]) for name, found in rows.items()}
-    for column in ("settled_step", "qgalore_step"):  # a step, or none reached
-        if column in tables["convergence"]:
-            tables["convergence"][column] = tables["convergence"][column].astype("Int64")
-    return tables
-
-
-def _sides(params: Params) -> list[str]:
-    return ["left", "right"] if params.side == "both" else [params.side]
+    work = partial(_matrix, params=params, steps=steps, device=device, cache=cache)
+    for out in map_matrices(work, items, lambda i: 3 * i.info.nbytes, lambda i: len(i.loaders), device, workers,
+                            INFLIGHT_BYTES, progress):
+        for name, found in out.items():
+            rows[name] += found
+    return frames(rows)
 
 
 def _cached_top(cache: SvdCache, key: str, params: Params, matrix: Callable[[], torch.Tensor],
@@ -264,31 +278,20 @@ def _matrix(item: RunMatrix, params: Params, steps: list[int], device: torch.dev
     if item.gradients is not None and "gradients" in params.of:
         tops["gradients"] = {t: g for t, g in enumerate(item.gradients) if g is not None}
     for of, found in tops.items():
-        for t, (top, norm2) in found.items():
-            out["subspaces"].append({
-                "job": t, "tensor": name, "of": of, "finite": True, "k": top.s.numel(), "norm": math.sqrt(norm2),
-                "energy_captured": float((top.s**2).sum()) / norm2 if norm2 > 0 else math.nan,
-                "sigma_top": top.s.tolist(), "method": top.method, "iterations": top.iterations,
-                "error_bound": top.bound})
+        out["subspaces"] += [subspace_row(t, name, of, top, norm2) for t, (top, norm2) in found.items()]
         order = sorted(found)
         consecutive = list(zip(order, order[1:]))
         chosen = reference_pairs(order, params.reference)
-        for side in _sides(params):
+        for side in sides(params):
             done = {(a, b): subspace_pair(found[a][0], found[b][0], side) for a, b in {*chosen, *consecutive}}
             for a, b in sorted(chosen):
                 out["pairs"].append({"a": a, "b": b, "tensor": name, "of": of, "side": side,
                                      "previous": (a, b) in consecutive, "from_first": a == order[0],
                                      "to_last": b == order[-1], **done[a, b]})
             if consecutive:
-                overlaps = [done[pair]["overlap"] for pair in consecutive]
-                lead = [done[pair]["lead_cos"] for pair in consecutive]
-                at = [steps[b] for _, b in consecutive]
-                out["convergence"].append({
-                    "tensor": name, "of": of, "side": side, "checkpoints": len(order),
-                    "settle": params.settle, "settled_step": settled_step(overlaps, at, params.settle),
-                    "final_overlap": overlaps[-1], "min_overlap": min(overlaps),
-                    "qgalore_step": qgalore_step(lead, at, params.lead_threshold, params.lead_window),
-                })
+                out["convergence"].append(convergence_row(
+                    name, of, side, len(order), [done[pair]["overlap"] for pair in consecutive],
+                    [done[pair]["lead_cos"] for pair in consecutive], [steps[b] for _, b in consecutive], params))
     return out
 
 

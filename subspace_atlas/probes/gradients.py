@@ -94,21 +94,20 @@ def attach_gradients(items: Sequence, members: Sequence[Checkpoint], params, dev
                      log: Callable[[str], None]) -> None:
     """Fill each run matrix's ``gradients``: per checkpoint, the top-k (and ‖G‖²_F) of its gradient."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
 
     from subspace_atlas.analysis.overlap import top_subspace
+    from subspace_atlas.zoo.io import quiet_hf
 
-    hf_logging.set_verbosity_error()  # the batch is cut to seq_len; no "sequence too long" or load bars
-    hf_logging.disable_progress_bar()
     for item in items:
         item.gradients = [None] * len(members)
     for t, ckpt in enumerate(members):
         folder = model_folder(ckpt)
         kind = loss_kind(folder, params.loss)
-        tokenizer = load_tokenizer(folder)
         loader = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
-        model = loader.from_pretrained(folder, dtype=torch.float32).to(device).train()
-        batch = fixed_batch(tokenizer, params.data, params.batch, params.seq_len).to(device)
+        with quiet_hf():  # no load reports, and the text is cut to seq_len: no "sequence too long"
+            tokenizer = load_tokenizer(folder)
+            model = loader.from_pretrained(folder, dtype=torch.float32).to(device).train()
+            batch = fixed_batch(tokenizer, params.data, params.batch, params.seq_len).to(device)
         grads = gradients(model, batch, kind, tokenizer.mask_token_id, params.seed)
         to_param = align(list(grads), [item.info.name for item in items])
         for item in items:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -141,16 +141,31 @@ def verdict(full: float, row: float, params: Params) -> str:
 # ---------------------------------------------------------------- measuring
 
 
-def effect(target: Target, batches: list[Batch], basis: torch.Tensor | None) -> dict[str, float]:
+@dataclass
+class Measured:
+    """A batch with its site activations and clean last-token logits, taken once and reused by every patch."""
+
+    batch: Batch
+    w: torch.Tensor  # base activations (N, d)
+    u: torch.Tensor  # source activations (N, d)
+    clean: torch.Tensor  # the base prompts' unpatched logits (N, vocab)
+
+
+def measure(target: Target, batches: list[Batch]) -> list[Measured]:
+    """One unpatched pass over base and source prompts per batch."""
+    with torch.no_grad():
+        return [Measured(b, target.activations(b.base), target.activations(b.source), target.logits(b.base))
+                for b in batches]
+
+
+def effect(target: Target, measured: list[Measured], basis: torch.Tensor | None) -> dict[str, float]:
     """Patch the source's component in span(basis) (None: the whole activation) into each base prompt."""
     base_ld, patched_ld, flipped, count = 0.0, 0.0, 0, 0
     with torch.no_grad():
-        for b in batches:
-            clean = target.logits(b.base)
-            w, u = target.activations(b.base), target.activations(b.source)
-            new = u if basis is None else patch(w, u, basis)
-            out = target.logits(b.base, new)
-            base_ld += float(logit_diff(clean, b.io, b.s).sum())
+        for m in measured:
+            b = m.batch
+            out = target.logits(b.base, m.u if basis is None else patch(m.w, m.u, basis))
+            base_ld += float(logit_diff(m.clean, b.io, b.s).sum())
             diff = logit_diff(out, b.io, b.s)
             patched_ld += float(diff.sum())
             flipped += int((diff < 0).sum())
@@ -159,11 +174,10 @@ def effect(target: Target, batches: list[Batch], basis: torch.Tensor | None) -> 
     return {"logit_diff_base": base, "logit_diff": patched, "fldd": fldd(patched, base), "accuracy": flipped / count}
 
 
-def variation(target: Target, batches: list[Batch], direction: torch.Tensor) -> dict[str, float]:
+def variation(measured: list[Measured], direction: torch.Tensor) -> dict[str, float]:
     """How base and source activations vary along a unit direction: variance and standardised separation."""
-    with torch.no_grad():
-        w = torch.cat([target.activations(b.base) for b in batches]).double()
-        u = torch.cat([target.activations(b.source) for b in batches]).double()
+    w = torch.cat([m.w for m in measured]).double()
+    u = torch.cat([m.u for m in measured]).double()
     d = direction.double() / direction.double().norm()
     pw, pu = w @ d, u @ d
     spread = float(torch.cat([pw, pu]).var())
@@ -176,12 +190,11 @@ def variation(target: Target, batches: list[Batch], direction: torch.Tensor) -> 
 # ---------------------------------------------------------------- finding directions
 
 
-def find_direction(target: Target, batches: list[Batch], params: Params,
+def find_direction(target: Target, measured: list[Measured], params: Params,
                    log: Callable[[str], None] = lambda s: None) -> torch.Tensor:
-    """A unit direction at the site by ``params.method``, fitted on ``batches``."""
-    with torch.no_grad():
-        w = torch.cat([target.activations(b.base) for b in batches]).double()
-        u = torch.cat([target.activations(b.source) for b in batches]).double()
+    """A unit direction at the site by ``params.method``, fitted on the ``measured`` batches."""
+    w = torch.cat([m.w for m in measured]).double()
+    u = torch.cat([m.u for m in measured]).double()
     if params.method == "mean_diff":
         v = u.mean(0) - w.mean(0)
     elif params.method == "probe":
@@ -194,44 +207,42 @@ def find_direction(target: Target, batches: list[Batch], params: Params,
         v = torch.from_numpy(fit.coef_[0] / scale)
     elif params.method == "gradient":
         v = torch.zeros(w.shape[1], dtype=torch.float64)
-        for b in batches:
-            act = target.activations(b.base).detach().requires_grad_(True)
-            logit_diff(target.logits(b.base, act), b.io, b.s).sum().backward()
+        for m in measured:
+            act = m.w.clone().requires_grad_(True)
+            logit_diff(target.logits(m.batch.base, act), m.batch.io, m.batch.s).sum().backward()
             v -= act.grad.double().sum(0)  # the way that lowers LD the fastest
     else:
-        v = das(target, batches, params, log)
+        v = das(target, measured, params, log)
     if not bool(torch.isfinite(v).all()) or float(v.norm()) == 0:
         raise AtlasError(f"{params.method}: found no direction (the activations do not differ between base and source)")
     return (v / v.norm()).float()
 
 
-def das(target: Target, batches: list[Batch], params: Params, log: Callable[[str], None] = lambda s: None) -> torch.Tensor:
+def das(target: Target, measured: list[Measured], params: Params,
+        log: Callable[[str], None] = lambda s: None) -> torch.Tensor:
     """Distributed alignment search for a 1-D subspace: a unit vector v trained so that patching along it makes
     the base give the source's answer (cross-entropy on the patched logits); Adam, linear decay to 0.1×."""
     gen = torch.Generator().manual_seed(params.seed)
-    with torch.no_grad():
-        cached = [(target.activations(b.base), target.activations(b.source)) for b in batches]
-    d = cached[0][0].shape[1]
-    start = torch.randn(d, generator=gen)
+    start = torch.randn(measured[0].w.shape[1], generator=gen)
     raw = torch.nn.Parameter(start / start.norm())  # unit length, so the learning rate means the same at any width
     opt = torch.optim.Adam([raw], lr=params.das_lr)
-    rows = [(i, j) for i, b in enumerate(batches) for j in range(len(b.io))]
+    rows = [(i, j) for i, m in enumerate(measured) for j in range(len(m.batch.io))]
     steps = params.das_epochs * max(1, math.ceil(len(rows) / params.das_batch))
     sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=steps)
     for epoch in range(params.das_epochs):
         order = torch.randperm(len(rows), generator=gen).tolist()
         total = 0.0
-        for start in range(0, len(order), params.das_batch):
-            picked = [rows[k] for k in order[start:start + params.das_batch]]
+        for begin in range(0, len(order), params.das_batch):
+            picked = [rows[k] for k in order[begin:begin + params.das_batch]]
             loss = 0.0
             for i in sorted({i for i, _ in picked}):
                 js = torch.tensor([j for ii, j in picked if ii == i])
-                b = batches[i]
-                w, u = cached[i][0][js], cached[i][1][js]
+                m = measured[i]
+                w, u = m.w[js], m.u[js]
                 v = raw / raw.norm()
                 new = w + ((u - w) @ v)[:, None] * v[None, :]
-                out = target.logits(_rows(b.base, js), new)
-                loss = loss + torch.nn.functional.cross_entropy(out, b.s[js], reduction="sum")
+                out = target.logits(_rows(m.batch.base, js), new)
+                loss = loss + torch.nn.functional.cross_entropy(out, m.batch.s[js], reduction="sum")
             loss = loss / len(picked)
             opt.zero_grad()
             loss.backward()
@@ -255,32 +266,38 @@ def illusion_test(target: Target, train: list[Batch], held_out: list[Batch], par
     """Find (or take) a direction, split it against the site's readers, patch each part alone on held-out pairs.
 
     One row per component — ``activation`` (the whole activation, for reference), ``full``, ``row``, ``null`` —
-    with FLDD, accuracy, logit differences, the component's norm in v, how it varies on the data, and the verdict.
+    with FLDD, accuracy, logit differences, the component's norm in v, how it varies on the data, the verdict,
+    and the model's clean accuracy on the held-out pairs (LD > 0, and the IO as the top token).
     """
-    v = direction if direction is not None else find_direction(target, train, params, log)
+    held = measure(target, held_out)
+    v = direction if direction is not None else find_direction(target, measure(target, train), params, log)
     v = v / v.norm()
-    row, null = split(v.double(), target.reader_basis().double())
+    readers = target.reader_basis().double()
+    row, null = split(v.double(), readers)
     parts = {"full": v.double(), "row": row, "null": null}
-    rows = [{"component": "activation", **effect(target, held_out, None), "norm": math.nan,
+    rows = [{"component": "activation", **effect(target, held, None), "norm": math.nan,
              "variance_on_data": math.nan, "variance_share": math.nan, "paired_difference": math.nan,
              "separation": math.nan}]
     for name, part in parts.items():
         norm = float(part.norm())
         if norm < 1e-9:  # nothing of v in this part: it cannot move anything
-            base = effect(target, held_out, torch.zeros(v.numel(), 0, dtype=torch.float64))
+            base = effect(target, held, torch.zeros(v.numel(), 0, dtype=torch.float64))
             rows.append({"component": name, **base, "norm": norm, "variance_on_data": 0.0, "variance_share": 0.0,
                          "paired_difference": 0.0, "separation": 0.0})
             continue
-        rows.append({"component": name, **effect(target, held_out, part[:, None]), "norm": norm,
-                     **variation(target, held_out, part)})
+        rows.append({"component": name, **effect(target, held, part[:, None]), "norm": norm,
+                     **variation(held, part)})
     frame = pd.DataFrame(rows)
     full = float(frame.loc[frame.component == "full", "fldd"].iloc[0])
     row_effect = float(frame.loc[frame.component == "row", "fldd"].iloc[0])
     frame["verdict"] = verdict(full, row_effect, params)
     frame["row_share"] = row_effect / full if full else math.nan
     frame["min_effect"] = params.min_effect
-    frame["reader_rank"] = target.reader_basis().shape[1]
+    frame["reader_rank"] = readers.shape[1]
     frame["site_dim"] = v.numel()
+    frame["clean_accuracy"] = float(torch.cat([logit_diff(m.clean, m.batch.io, m.batch.s) > 0 for m in held])
+                                    .float().mean())
+    frame["clean_top1"] = float(torch.cat([m.clean.argmax(-1) == m.batch.io for m in held]).float().mean())
     return frame
 
 
@@ -332,27 +349,26 @@ class BridgeTarget:
         return self.bridge.W_U.detach().double()[:, self.answer_ids]  # the last layer: the answers' unembedding
 
 
-def load_bridge(path: str, device: str = "cpu"):
-    """A local HF causal LM folder booted offline in TransformerLens 4, with its tokenizer."""
+def load_bridge(model, device: str = "cpu"):
+    """A local HF causal LM folder (a path or an opened ``Checkpoint``) booted offline in TransformerLens 4;
+    returns the bridge, its tokenizer and the checkpoint."""
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    from subspace_atlas.checkpoints import open_checkpoints
+    from subspace_atlas.checkpoints import Checkpoint, open_one
     from subspace_atlas.probes.gradients import load_tokenizer, model_folder
+    from subspace_atlas.zoo.io import quiet_hf
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    found = open_checkpoints(path)
-    if len(found) != 1:
-        raise AtlasError(f"--model {path}: a run folder of {len(found)} checkpoints; give one checkpoint folder")
-    folder = model_folder(found[0])
-    tokenizer = load_tokenizer(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    bridge = TransformerBridge.boot_transformers(str(folder), hf_model=model, tokenizer=tokenizer, device=device)
+    ckpt = model if isinstance(model, Checkpoint) else open_one(model, flag="--model")
+    folder = model_folder(ckpt)
+    with quiet_hf():
+        tokenizer = load_tokenizer(folder)
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf_model, tokenizer=tokenizer,
+                                                     device=device)
     for param in bridge.parameters():
         param.requires_grad_(False)
-    return bridge, tokenizer, found[0]
+    return bridge, tokenizer, ckpt
 
 
 def ioi_batches(tokenizer, pairs: list, device: str = "cpu") -> list[Batch]:
@@ -413,14 +429,15 @@ def parse_heads(specs: tuple) -> list[tuple[int, int]]:
     return heads
 
 
-def run_ioi(path: str, params: Params, device: str = "cpu",
+def run_ioi(model, params: Params, device: str = "cpu",
             log: Callable[[str], None] = lambda s: None) -> tuple[pd.DataFrame, object]:
-    """The illusion test on a local HF causal LM and the IOI task; returns the effects table and the checkpoint."""
+    """The illusion test on a local HF causal LM (a path or a ``Checkpoint``) and the IOI task; returns the
+    effects table and the checkpoint."""
     from subspace_atlas.probes import ioi
 
     if params.method in PLANTED:
         raise AtlasError(f"--method {params.method}: planted directions exist only in --task toy")
-    bridge, tokenizer, ckpt = load_bridge(path, device)
+    bridge, tokenizer, ckpt = load_bridge(model, device)
     train = ioi_batches(tokenizer, ioi.pairs(params.train_pairs, seed=params.seed), device)
     held = ioi_batches(tokenizer, ioi.pairs(params.eval_pairs, seed=params.seed + 1), device)
     readers = parse_heads(params.readers)
@@ -432,18 +449,9 @@ def run_ioi(path: str, params: Params, device: str = "cpu",
         readers = name_mover_heads(bridge, held, params.layer)
     answers = torch.unique(torch.cat([torch.cat([b.io, b.s]) for b in held]))
     target = BridgeTarget(bridge, params.site, params.layer, readers, answers)
-    with torch.no_grad():
-        correct = [(logit_diff(target.logits(b.base), b.io, b.s) > 0).float() for b in held]
-        top1 = [(target.logits(b.base).argmax(-1) == b.io).float() for b in held]
     frame = illusion_test(target, train, held, params, log=log)
-    labels = {"model": ckpt.name, "model_path": str(ckpt.path), "task": "ioi", "site": params.site,
-              "layer": params.layer, "method": params.method,
-              "readers": " ".join(f"{l}.{h}" for l, h in readers) if params.site == "resid_post" else "W_out",
-              "clean_accuracy": float(torch.cat(correct).mean()), "clean_top1": float(torch.cat(top1).mean()),
-              "eval_pairs": sum(len(b.io) for b in held)}
-    for k, (column, value) in enumerate(labels.items()):
-        frame.insert(k, column, value)
-    return frame, ckpt
+    readers_label = " ".join(f"{l}.{h}" for l, h in readers) if params.site == "resid_post" else "W_out"
+    return _labelled(frame, ckpt.name, str(ckpt.path), "ioi", params, readers_label, held), ckpt
 
 
 def run_toy(params: Params, log: Callable[[str], None] = lambda s: None) -> pd.DataFrame:
@@ -453,9 +461,14 @@ def run_toy(params: Params, log: Callable[[str], None] = lambda s: None) -> pd.D
     planted = {"planted_faithful": toy.FAITHFUL, "planted_illusory": toy.ILLUSORY}.get(params.method)
     data = toy.batches()
     frame = illusion_test(toy.ToyTarget(), data, data, params, direction=planted, log=log)
-    labels = {"model": "toy-illusion", "model_path": "", "task": "toy", "site": "mlp_hidden", "layer": 0,
-              "method": params.method, "readers": "W_out", "clean_accuracy": 1.0, "clean_top1": 1.0,
-              "eval_pairs": sum(len(b.io) for b in data)}
+    return _labelled(frame, "toy-illusion", "", "toy", replace(params, site="mlp_hidden", layer=0), "W_out", data)
+
+
+def _labelled(frame: pd.DataFrame, model: str, path: str, task: str, params: Params, readers: str,
+              held: list[Batch]) -> pd.DataFrame:
+    """The effects table with what it is of in front: model, task, site, layer, method, readers, pairs."""
+    labels = {"model": model, "model_path": path, "task": task, "site": params.site, "layer": params.layer,
+              "method": params.method, "readers": readers, "eval_pairs": sum(len(b.io) for b in held)}
     for k, (column, value) in enumerate(labels.items()):
         frame.insert(k, column, value)
     return frame
@@ -471,31 +484,24 @@ def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed:
     import sys
     import time
 
-    from subspace_atlas.checkpoints import open_checkpoints
+    from subspace_atlas.checkpoints import open_one
     from subspace_atlas.store import fingerprint
 
     log = log or (lambda s: print(s, file=sys.stderr))
-    ckpt = None
-    if task == "ioi":
-        found = open_checkpoints(model, name=name)
-        if len(found) != 1:
-            raise AtlasError(f"--model {model}: a run folder of {len(found)} checkpoints; give one checkpoint")
-        ckpt = found[0]
+    ckpt = open_one(model, name, "--model") if task == "ioi" else None
+    inputs = {"task": task} | ({"model": ckpt.identity(), "name": ckpt.name} if ckpt else {})
     computed = skipped = 0
     for site, layer, method in itertools.product(sites, layers, methods):
         try:
             params = Params(site=site, layer=layer, method=method, **fixed)
         except ValueError as err:
             raise AtlasError(f"patch: {err}") from err
-        inputs = {"task": task} | ({"model": ckpt.identity(), "name": ckpt.name} if ckpt else {})
         fp = fingerprint(NAME, params, inputs, SCHEMA_VERSION)
         if store.has(NAME, fp) and not force:
             skipped += 1
             continue
         t0 = time.perf_counter()
-        frame = run_toy(params, log) if ckpt is None else run_ioi(str(ckpt.path), params, device, log)[0]
-        if ckpt is not None:
-            frame["model"] = ckpt.name
+        frame = run_toy(params, log) if ckpt is None else run_ioi(ckpt, params, device, log)[0]
         wall = time.perf_counter() - t0
         store.write(NAME, fp, {"effects": frame},
                     {"params": dataclasses.asdict(params), "device": device, "wall_s": round(wall, 3),

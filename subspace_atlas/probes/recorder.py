@@ -26,15 +26,14 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 import torch
 from transformers import TrainerCallback
 
 from subspace_atlas import jobs
 from subspace_atlas.analysis import overlap
+from subspace_atlas.analysis.angles import sides
 from subspace_atlas.checkpoints import Checkpoint
 from subspace_atlas.linalg import TopSvd
-from subspace_atlas.pairs import empty_table
 from subspace_atlas.store import Store, fingerprint
 
 
@@ -68,7 +67,6 @@ class GradientSubspaceRecorder:
         t0 = time.perf_counter()
         index = len(self.steps)
         self.steps.append(step)
-        sides = ["left", "right"] if self.params.side == "both" else [self.params.side]
         for name, param in model.named_parameters():
             grad = param.grad
             if grad is None or grad.dim() != 2 or not grad.is_floating_point():
@@ -78,13 +76,9 @@ class GradientSubspaceRecorder:
             g = grad.detach().float()
             top = overlap.top_subspace(g, self.params, self.device)
             norm2 = float(g.double().square().sum())
-            self.rows["subspaces"].append({
-                "job": index, "tensor": name, "of": "gradients", "finite": True, "k": top.s.numel(),
-                "norm": norm2**0.5, "energy_captured": float((top.s**2).sum()) / norm2 if norm2 > 0 else float("nan"),
-                "sigma_top": top.s.tolist(), "method": top.method, "iterations": top.iterations,
-                "error_bound": top.bound})
+            self.rows["subspaces"].append(overlap.subspace_row(index, name, "gradients", top, norm2))
             if name in self.previous:
-                for side in sides:
+                for side in sides(self.params):
                     pair = overlap.subspace_pair(self.previous[name], top, side)
                     self.history.setdefault((name, side), []).append((pair["overlap"], pair["lead_cos"]))
                     self.rows["pairs"].append({"a": index - 1, "b": index, "tensor": name, "of": "gradients",
@@ -102,23 +96,12 @@ class GradientSubspaceRecorder:
             self.flush()
         return True
 
-    def convergence(self) -> pd.DataFrame:
-        """Per matrix and side: the settled and Q-GaLore steps of the recordings so far."""
-        rows = []
+    def convergence(self) -> list[dict]:
+        """Per matrix and side, a ``convergence`` row: the settled and Q-GaLore steps of the recordings so far."""
         at = self.steps[1:]
-        for (name, side), found in self.history.items():
-            overlaps, lead = [o for o, _ in found], [c for _, c in found]
-            rows.append({"tensor": name, "of": "gradients", "side": side, "checkpoints": len(found) + 1,
-                         "settle": self.params.settle,
-                         "settled_step": overlap.settled_step(overlaps, at[-len(found):], self.params.settle),
-                         "final_overlap": overlaps[-1], "min_overlap": min(overlaps),
-                         "qgalore_step": overlap.qgalore_step(lead, at[-len(found):], self.params.lead_threshold,
-                                                              self.params.lead_window)})
-        frame = pd.DataFrame(rows) if rows else empty_table()
-        for column in ("settled_step", "qgalore_step"):
-            if column in frame:
-                frame[column] = frame[column].astype("Int64")
-        return frame
+        return [overlap.convergence_row(name, "gradients", side, len(found) + 1, [o for o, _ in found],
+                                        [c for _, c in found], at[-len(found):], self.params)
+                for (name, side), found in self.history.items()]
 
     def flush(self) -> None:
         """Write everything recorded so far as one job (replacing this recorder's earlier write)."""
@@ -126,19 +109,7 @@ class GradientSubspaceRecorder:
             return
         members = [Checkpoint(name=f"{self.run}/step{s}", path=Path(self.run) / f"step{s}", files=(), step=s,
                               run=self.run) for s in self.steps]
-        pairs = pd.DataFrame(self.rows["pairs"]) if self.rows["pairs"] else empty_table("a", "b")
-        parts = [jobs.label_cross(part.drop(columns=["a", "b"]).reset_index(drop=True), members[a], members[b])
-                 for (a, b), part in pairs.groupby(["a", "b"], sort=True)]
-        labelled_pairs = (pd.concat(parts, ignore_index=True) if parts
-                          else jobs.label_cross(pairs.drop(columns=["a", "b"]), members[0], members[-1]))
-        labelled_pairs = labelled_pairs.drop(columns=["run_a", "run_b"])
-        labelled_pairs.insert(0, "run", self.run)
-        tables = {
-            "pairs": labelled_pairs,
-            "subspaces": jobs.label_members(pd.DataFrame(self.rows["subspaces"]), members, None),
-            "convergence": jobs.label(self.convergence(), members[-1]).drop(
-                columns=["checkpoint", "checkpoint_path", "step"]),
-        }
+        tables = jobs.label_run(overlap.frames({**self.rows, "convergence": self.convergence()}), members)
         provenance = {"params": {"k": self.params.k, "energy": self.params.energy, "tol": self.params.tol,
                                  "every": self.every},
                       "inputs": {"checkpoint": self.run, "run": self.run, "recorder": True, "steps": self.steps},

@@ -29,7 +29,7 @@ class IoiRecipe:
     n_head: int = 4
     n_embd: int = 128
     steps: int = 1500
-    batch_size: int = 64
+    batch_size: int = 64  # pairs drawn per step; those of the first pair's template are trained on
     lr: float = 1e-3
     warmup: int = 100
     eval_pairs: int = 400
@@ -67,7 +67,7 @@ def evaluate(model, tokenizer, pairs: list[ioi.Pair]) -> dict[str, float]:
         for t in sorted({p.template for p in pairs}):
             group = [p for p in pairs if p.template == t]
             ids, io = encode(tokenizer, [p.base for p in group], [p.io for p in group])
-            _, s = encode(tokenizer, [p.base for p in group], [p.s for p in group])
+            s = torch.tensor([tokenizer.convert_tokens_to_ids(p.s) for p in group])
             logits = model(input_ids=ids).logits[:, -1]
             hits += (logits.argmax(-1) == io).tolist()
             diffs += (logits.gather(1, io[:, None]) - logits.gather(1, s[:, None])).squeeze(1).tolist()
@@ -100,7 +100,7 @@ def train(run_dir: Path, recipe: IoiRecipe, progress: bool = True,
     run_dir.mkdir(parents=True, exist_ok=True)
     for step in tqdm(range(1, recipe.steps + 1), disable=not progress, leave=False, desc="ioi"):
         batch = ioi.pairs(recipe.batch_size, seed=recipe.seed * 1_000_003 + step, templates=train_t)
-        template = batch[0].template  # one template per batch: equal lengths, no padding
+        template = batch[0].template  # one template per batch (equal lengths, no padding): ~1/6 of the pairs drawn
         batch = [p for p in batch if p.template == template] or batch[:1]
         prompts = [p.base for p in batch] + [p.source for p in batch]
         answers = [p.io for p in batch] + [p.s for p in batch]
