@@ -1,4 +1,4 @@
-"""What every page shares: which store to read, read-only mode, cached table reads."""
+"""What every page shares: which store to read, read-only mode, cached table reads, figures shown."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from subspace_atlas.errors import AtlasError
 from subspace_atlas.store import Store
 
 DEMO_STORE = Path(__file__).resolve().parent.parent / "data" / "demo-store"
@@ -20,23 +21,41 @@ def read_only() -> bool:
     return os.environ.get("SUBSPACE_ATLAS_READONLY", "").lower() in ("1", "true", "yes")
 
 
-def configured_store() -> Path:
-    """``streamlit run app/main.py -- --store DIR``, else ``$SUBSPACE_ATLAS_STORE``, else the demo store."""
+def configured_store() -> str:
+    """``streamlit run app/main.py -- --store DIR|URL``, else ``$SUBSPACE_ATLAS_STORE``, else the demo store.
+
+    A URL (``s3://bucket/prefix``, ``gs://…``) reads a shared store through fsspec.
+    """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--store")
     args, _ = parser.parse_known_args(sys.argv[1:])
-    return Path(args.store or os.environ.get("SUBSPACE_ATLAS_STORE") or DEMO_STORE)
+    return str(args.store or os.environ.get("SUBSPACE_ATLAS_STORE") or DEMO_STORE)
 
 
 def current_store() -> Store:
     """The store this session reads; outside read-only mode the sidebar can point elsewhere."""
-    root = st.session_state.get("store_root") or str(configured_store())
-    return Store(root)
+    root = (None if read_only() else st.session_state.get("store_root")) or configured_store()
+    try:
+        return Store(root)
+    except AtlasError as err:
+        st.error(str(err))
+        st.stop()
+
+
+@st.cache_data(show_spinner=False, ttl=10)
+def _remote_version(root: str) -> tuple:
+    return Store(root).version()
+
+
+def version(store: Store) -> tuple:
+    """What the store holds, as a cache key: listed afresh each run on a disk, at most every 10 s remotely."""
+    return store.version() if store.local else _remote_version(store.root)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _read(root: str, analysis: str, table: str, version: tuple, where: tuple = ()) -> pd.DataFrame:
-    return Store(root).table(analysis, table, dict(where))
+def _read(root: str, analysis: str, table: str, version: tuple, where: tuple = ()) -> pd.DataFrame | None:
+    store = Store(root)
+    return store.table(analysis, table, dict(where)) if store.parts(analysis, table) else None
 
 
 @st.cache_data(show_spinner=False)
@@ -46,14 +65,12 @@ def _jobs(root: str, version: tuple) -> pd.DataFrame:
 
 def table(store: Store, analysis: str, name: str, **where) -> pd.DataFrame | None:
     """A stored table (only rows whose columns equal ``where``), cached until a job is added; None if absent."""
-    if not store.parts(analysis, name):
-        return None
-    return _read(str(store.root), analysis, name, store.version(), tuple(sorted(where.items())))
+    return _read(store.root, analysis, name, version(store), tuple(sorted(where.items())))
 
 
 def jobs(store: Store) -> pd.DataFrame:
     """Stored jobs with their inputs flattened into columns."""
-    frame = _jobs(str(store.root), store.version())
+    frame = _jobs(store.root, version(store))
     if frame.empty:
         return frame
     inputs = pd.json_normalize(frame["inputs"].tolist())
@@ -67,3 +84,10 @@ def table_or_stop(store: Store, analysis: str, name: str, what: str, command: st
         st.info(f"No {what} in `{store.root}`. Compute them with `{command} --store {store.root}`.")
         st.stop()
     return frame
+
+
+def show(fig, *, key: str, where=None):
+    """Draw a plotly figure (in ``where``, a column or tab, else the page) and keep it for the HTML export."""
+    drawn = (st if where is None else where).plotly_chart(fig, key=key)
+    st.session_state.setdefault("_figures", []).append(fig)
+    return drawn

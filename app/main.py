@@ -1,18 +1,24 @@
-"""Subspace Atlas dashboard: ``streamlit run app/main.py [-- --store DIR]``.
+"""Subspace Atlas dashboard: ``streamlit run app/main.py [-- --store DIR|URL]``.
 
 Reads a result store only (never computes an SVD). Opens on the committed demo store unless
 ``--store`` or ``$SUBSPACE_ATLAS_STORE`` says otherwise; ``SUBSPACE_ATLAS_READONLY=1`` for hosting.
+With an ``[auth]`` section in ``.streamlit/secrets.toml`` every visitor logs in first (Streamlit's own
+OIDC login); ``[atlas] allowed_emails`` narrows who may look.
 """
 
 import streamlit as st
 
-from common import configured_store, read_only
+from common import configured_store, current_store, read_only
+from hosting import export_buttons, signed_in
 
 st.set_page_config(page_title="Subspace Atlas", layout="wide")
 
+if not signed_in():
+    st.stop()
 if not read_only():
-    st.sidebar.text_input("Store folder", value=str(configured_store()), key="store_root",
-                          help="A Subspace Atlas result store (e.g. what `subspace-atlas spectra --store DIR` wrote).")
+    st.sidebar.text_input("Store", value=configured_store(), key="store_root",
+                          help="A Subspace Atlas result store: a folder or a URL such as s3://bucket/prefix "
+                               "(what `subspace-atlas spectra --store …` wrote).")
 
 pages = [
     st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
@@ -25,4 +31,7 @@ pages = [
 ]
 if not read_only():
     pages.append(st.Page("views/compute.py", title="Compute", icon=":material/play_arrow:"))
-st.navigation(pages).run()
+page = st.navigation(pages)
+st.session_state["_figures"] = []  # what the page shows, for its HTML export
+page.run()
+export_buttons(current_store(), page.title)

@@ -211,6 +211,10 @@ class Checkpoint:
             self._sources = sources
         return self._sources
 
+    def __getstate__(self) -> dict:
+        """Pickle (to a Ray worker) without the opened files: they reopen there, lazily."""
+        return {**self.__dict__, "_sources": None}
+
     def tensors(self) -> list[TensorInfo]:
         """Every tensor's name, shape and dtype, in file order (headers only)."""
         return [src.infos[name] for name, src in self._index().items()]

@@ -18,6 +18,8 @@ from subspace_atlas import analysis
 from subspace_atlas.errors import AtlasError
 
 DEFAULT_STORE = os.environ.get("SUBSPACE_ATLAS_STORE", "atlas-store")
+STORE_HELP = ("result store: a folder, or an fsspec URL such as s3://bucket/prefix, gs://… "
+              "(default: $SUBSPACE_ATLAS_STORE or ./atlas-store)")
 
 
 def _add_params(parser: argparse.ArgumentParser, params_cls: type, skip: tuple[str, ...] = ()) -> None:
@@ -47,14 +49,23 @@ def _param_values(args: argparse.Namespace, params_cls: type, skip: tuple[str, .
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", default=DEFAULT_STORE,
-                        help="result store folder (default: $SUBSPACE_ATLAS_STORE or ./atlas-store)")
+    parser.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--tensors", default="", metavar="REGEX",
                         help="only tensors whose name matches this regular expression")
     parser.add_argument("--batch-mb", type=int, default=None,
                         help="MB of same-shaped matrices decomposed together (default: 1024 on GPU, 0 on CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even what the store holds")
+    _add_executor(parser)
+
+
+def _add_executor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local: this process; ray: one Ray task per job (per base for paired analyses), "
+                             "on the cluster at --address or a local one")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --executor ray: a running Ray cluster (auto, HOST:PORT or ray://HOST:10001; "
+                             "default: $RAY_ADDRESS, else a local cluster)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--method", nargs="+", default=["das"],
                        choices=["das", "mean_diff", "probe", "gradient", "planted_faithful", "planted_illusory"],
                        help="one or more; planted_* only with --task toy")
-    patch.add_argument("--store", default=DEFAULT_STORE)
+    patch.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     patch.add_argument("--device", default="auto")
     patch.add_argument("--force", action="store_true")
     from subspace_atlas.probes import patching as _patching  # noqa: PLC0415 (the Params fields become flags)
@@ -121,12 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--analyses", nargs="+", default=None, metavar="NAME",
                       help="only these (spectra overlap intruders sparsity angles; default: all)")
     scan.add_argument("--dry-run", action="store_true", help="print the plan and what the store holds; compute nothing")
-    scan.add_argument("--store", default=DEFAULT_STORE)
+    scan.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     scan.add_argument("--device", default="auto")
     scan.add_argument("--force", action="store_true")
+    _add_executor(scan)
     scan.set_defaults(handler=_run_scan)
+    from subspace_atlas.report import PAGES  # noqa: PLC0415
+
+    report = sub.add_parser("report", help="a self-contained HTML report of a store (plotly.js inlined once)",
+                            description="The store's main figures at the app's default choices, one file that "
+                                        "opens offline in any browser. Needs the `app` extra (plotly).")
+    report.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    report.add_argument("--page", nargs="+", choices=list(PAGES), default=None,
+                        help="only these pages (default: every page with results)")
+    report.add_argument("-o", "--output", default="atlas-report.html", help="the HTML file to write")
+    report.set_defaults(handler=_run_report)
     info = sub.add_parser("info", help="what a store holds: analyses, jobs, checkpoints")
-    info.add_argument("--store", default=DEFAULT_STORE)
+    info.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     info.set_defaults(handler=_run_info)
     return parser
 
@@ -141,17 +163,21 @@ def _run_analysis(args: argparse.Namespace) -> int:
         params = module.Params(**_param_values(args, module.Params))
     except ValueError as err:
         raise AtlasError(f"{module.NAME}: {err}") from err
-    device = linalg.resolve_device(args.device)
+    device = linalg.resolve_device(args.device) if args.executor == "local" else None
     checkpoints = [c for arg in args.checkpoints for c in open_checkpoints(*_named(arg))]
     base = open_one(*_named(args.base), flag="--base") if getattr(args, "base", None) else None
     start = open_one(*_named(args.start), flag="--start") if getattr(args, "start", None) else None
     planned = jobs.plan(module, checkpoints, params, args.tensors, base=base,
                         cross=not getattr(args, "no_overlap", False), start=start)
     store = Store(args.store)
-    if store.root.exists() and not store.root.is_dir():
-        raise AtlasError(f"--store {store.root}: exists and is not a folder")
+    store.ensure_writable()
     batch = None if args.batch_mb is None else args.batch_mb << 20
-    outcome = jobs.run(planned, store, device, batch, force=args.force)
+    if args.executor == "ray":
+        from subspace_atlas import executors
+
+        outcome, device = executors.run([planned], store, args.device, args.address, batch, force=args.force)
+    else:
+        outcome = jobs.run(planned, store, device, batch, force=args.force)
     if not outcome.computed:
         print(f"{module.NAME}: all {len(planned)} job(s) already in {store.root}; computed nothing")
     else:
@@ -199,13 +225,32 @@ def _run_scan(args: argparse.Namespace) -> int:
         print(("plan: " if args.dry_run else "") + line)
     if args.dry_run:
         return 0
-    device = linalg.resolve_device(args.device)
     computed = skipped = 0
-    for k, (what, planned) in enumerate(groups, 1):
-        print(f"[{k}/{len(groups)}] {what}", file=sys.stderr)
-        outcome = jobs.run(planned, store, device, force=args.force)
-        computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
+    if args.executor == "ray":  # every group's tasks at once: the cluster is never left waiting on one group
+        from subspace_atlas import executors
+
+        outcome, _ = executors.run([planned for _, planned in groups], store, args.device, args.address,
+                                   force=args.force)
+        computed, skipped = len(outcome.computed), len(outcome.skipped)
+    else:
+        device = linalg.resolve_device(args.device)
+        for k, (what, planned) in enumerate(groups, 1):
+            print(f"[{k}/{len(groups)}] {what}", file=sys.stderr)
+            outcome = jobs.run(planned, store, device, force=args.force)
+            computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
     print(f"scan: computed {computed} job(s), {skipped} already stored → {store.root}")
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from subspace_atlas import report
+    from subspace_atlas.store import Store, atomic_write
+
+    page = report.store_report(Store(args.store), args.page)
+    target = Path(args.output)
+    atomic_write(target, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    figures = page.count('class="plotly-graph-div"')
+    print(f"report: {target} ({len(page.encode()) / 1e6:.1f} MB, {figures} figures)")
     return 0
 
 

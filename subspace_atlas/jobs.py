@@ -209,10 +209,8 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
         module, base = group[0].module, group[0].base
         cross_tables = getattr(module, "CROSS_TABLES", ())
         group_tables = getattr(module, "GROUP_TABLES", ())
-        # Every checkpoint the group's jobs need, once each, in order: its position is its index in the work.
-        members = {(str(c.path), c.name): c for job in group for c in (job.checkpoint, job.other, *job.group) if c}
-        ordered = list(members.values())
-        position = {key: k for k, key in enumerate(members)}
+        ordered = paired_members(group)  # a checkpoint's position here is its index in the work
+        position = {(str(c.path), c.name): k for k, c in enumerate(ordered)}
 
         def index(ckpt: Checkpoint) -> int:
             return position[(str(ckpt.path), ckpt.name)]
@@ -259,6 +257,12 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
     if problems:
         raise AtlasError("; ".join(problems))
     return Outcome(todo, skipped, count, time.perf_counter() - start)
+
+
+def paired_members(group: Sequence[Job]) -> list[Checkpoint]:
+    """Every checkpoint that paired jobs sharing a base need, once each, in order."""
+    members = {(str(c.path), c.name): c for job in group for c in (job.checkpoint, job.other, *job.group) if c}
+    return list(members.values())
 
 
 def _run_runs(todo: list[Job], skipped: list[Job], store: Store, device: torch.device,

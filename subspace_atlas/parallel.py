@@ -14,6 +14,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool whose threads run torch on the caller's thread count (1 inside ``linalg.single_threaded``).
+
+    OpenMP keeps its thread count per thread, and MKL follows it: a new thread starts at the process
+    default (every core) even while ``torch.get_num_threads()`` says 1. Without this, MKL in the pool's
+    "single-threaded" workers ran with every core, and a small product such as ``u[:, :k].T @ u0`` rounded
+    differently from a process started single-threaded (``OMP_NUM_THREADS=1``, as Ray workers are).
+    """
+    return ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads,
+                              initargs=(torch.get_num_threads(),))
+
+
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], size: Callable[[T], int], workers: int,
                 budget: int) -> Iterator[R]:
     """``fn`` over ``items`` on ``workers`` threads, results in order, starting an item only while the
@@ -22,7 +34,7 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], size: Callable[[T], in
     Two large matrices side by side (a model's embedding and unembedding are neighbours when grouped
     by shape) would double the peak memory; this keeps it near the largest item plus small ones.
     """
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with thread_pool(workers) as pool:
         pending: deque = deque()
         inflight = 0
         for item in items:

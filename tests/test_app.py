@@ -269,3 +269,262 @@ def test_patching_page_on_demo_shows_verdicts_parts_and_layers(monkeypatch):
     assert any("illusory" in m.value for m in at.markdown)
     parts = json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]
     assert [round(float(v)) for v in _plotly_array(parts["y"])] == [200, 100, 0, 0]  # whole, v, v_row, v_null
+
+
+# Filters in the URL: a link (query parameters) reproduces a view; a link's bad values are ignored.
+
+def _open(monkeypatch, page: str, params: dict | None = None, store: Path | None = None) -> AppTest:
+    """A new session opened on ``page`` by a link with the query ``params``, as a shared URL opens it."""
+    at = _app(monkeypatch, store)
+    at.query_params.update(params or {})
+    return at.switch_page(page).run()
+
+
+def _specs(at: AppTest) -> list[str]:
+    """Every chart's plotly JSON; on a page without charts (Compute), the command it shows."""
+    return [c.proto.spec for c in at.get("plotly_chart")] or [c.value for c in at.code]
+
+
+def _filters(at: AppTest) -> dict:
+    return {w.key: w.value for kind in ("selectbox", "multiselect", "radio", "slider") for w in getattr(at, kind)}
+
+
+def _title(spec: str) -> str:
+    """A chart's title and its traces' names."""
+    spec = json.loads(spec)
+    return " | ".join([(spec["layout"].get("title") or {}).get("text", "")] + [str(t.get("name")) for t in spec["data"]])
+
+
+@pytest.fixture(scope="module")
+def default_views() -> dict:
+    """(filters, figures) of each page opened without query parameters, filled once per page and store."""
+    return {}
+
+
+def _default(monkeypatch, views: dict, page: str, store: Path | None = None) -> tuple[dict, list]:
+    if (page, store) not in views:
+        at = _open(monkeypatch, page, store=store)
+        assert not at.exception
+        assert at.query_params == {}, "defaults are left out of the URL"
+        views[page, store] = (_filters(at), _specs(at))
+    return views[page, store]
+
+
+# page: (a link's query, the filters it sets, (chart, what that chart's title or traces then say))
+LINKS = {
+    "views/spectra.py": ({"group": "sentiment-full", "metric": "stable_rank",
+                          "checkpoints": ["sentiment-full/checkpoint-8", "sentiment-full/checkpoint-60"]},
+                         {"spectra_group": "sentiment-full", "spectra_metric": "stable_rank",
+                          "spectra_checkpoints:sentiment-full": ["sentiment-full/checkpoint-8",
+                                                                 "sentiment-full/checkpoint-60"]},
+                         (2, "mean stable_rank per kind over training")),
+    "views/intruders.py": ({"heat_checkpoint": "code-full", "lambda": "0.30"},
+                           {"intruders_heat_checkpoint": "code-full", "intruders_lambda": 0.3},
+                           (4, "mitigated, λ = 0.3")),
+    "views/sparsity.py": ({"base": "pretrain-gpt2-stdlib (fp32)", "definition": "ulp"},
+                          {"sparsity_base": "pretrain-gpt2-stdlib (fp32)", "sparsity_definition": "ulp"},
+                          (1, "in rl-grpo-seed0 (fp32) (ulp)")),
+    "views/angles.py": ({"side": "right", "layer": "5", "show": "mean_angle_deg"},
+                        {"angles_side": "right", "angles_layer": 5, "angles_value": "mean_angle_deg"},
+                        (0, "mean mean_angle_deg")),
+    "views/overlap.py": ({"of": "gradients", "reference": "first", "tau": "0.21"},
+                         {"overlap_of": "gradients", "overlap_reference": "first", "overlap_tau": 0.21},
+                         (0, "overlap with the first checkpoint")),
+    "views/patching.py": ({"model": "toy-illusion", "method": "planted_illusory"},
+                          {"patching_model": "toy-illusion", "patching_method:toy-illusion:mlp_hidden": "planted_illusory"},
+                          (1, "verdict: illusory")),
+    "views/compute.py": ({"device": "cpu"}, {"compute_device": "cpu"}, (0, "--device cpu")),
+}
+
+
+@pytest.mark.parametrize("page", list(LINKS))
+def test_a_link_opens_the_page_on_its_filters(monkeypatch, default_views, page):
+    params, shown, (chart, text) = LINKS[page]
+    default_filters, default_figures = _default(monkeypatch, default_views, page)
+    at = _open(monkeypatch, page, params)
+    assert not at.exception
+    assert {k: _filters(at)[k] for k in shown} == shown
+    assert all(default_filters.get(k) != v for k, v in shown.items()), "the link asks for other than the defaults"
+    figures = _specs(at)
+    assert figures != default_figures
+    said = (lambda spec: spec) if page == "views/compute.py" else _title
+    assert text in said(figures[chart]) and text not in said(default_figures[chart])
+    if page == "views/spectra.py":  # over training: the two linked checkpoints only
+        assert {int(x) for t in json.loads(figures[2])["data"] for x in _plotly_array(t["x"])} == {8, 60}
+    assert at.query_params == {k: "0.3" if v == "0.30" else v for k, v in params.items()}, \
+        "the URL keeps the link's filters (numbers written one way)"
+
+
+def _text(value) -> str | list[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
+
+
+# page: batches of changes (widget kind, key, value or a function of the options, query parameter), one run each
+CHANGES = {
+    "views/intruders.py": [
+        [("selectbox", "intruders_epsilon", 0.9, "epsilon"), ("multiselect", "intruders_kinds", ["q", "v"], "kinds"),
+         ("selectbox", "intruders_heat_checkpoint", "code-full", "heat_checkpoint"),
+         ("multiselect", "intruders_compare", ["sentiment-lora-r8", "code-full"], "compare"),
+         ("selectbox", "intruders_one_checkpoint", "sentiment-lora-r8", "checkpoint"),
+         ("slider", "intruders_lambda", 0.3, "lambda")],
+        [("selectbox", "intruders_one_tensor:sentiment-lora-r8", lambda options: options[-1], "matrix")],
+    ],
+    "views/sparsity.py": [
+        [("selectbox", "sparsity_base", "pretrain-gpt2-stdlib (fp32)", "base"),
+         ("radio", "sparsity_definition", "atol", "definition")],
+        [("multiselect", "sparsity_kinds:pretrain-gpt2-stdlib (fp32)", ["qkv", "o"], "kinds"),
+         ("selectbox", "sparsity_heat_checkpoint:pretrain-gpt2-stdlib (fp32)", "sft-seed0 (fp32)", "heat_checkpoint")],
+    ],
+    "views/angles.py": [
+        [("multiselect", "angles_tasks:all-MiniLM-L6-v2", ["topic-full", "sentiment-full", "code-lora-r8"], "tasks"),
+         ("selectbox", "angles_side", "right", "side"), ("radio", "angles_value", "mean_angle_deg", "show"),
+         ("selectbox", "angles_layer", 5, "layer"), ("selectbox", "angles_a", "code-lora-r8", "task_a"),
+         ("selectbox", "angles_b", "sentiment-full", "task_b"),  # Task B offers the tasks but A, in their order
+         ("selectbox", "angles_group:all-MiniLM-L6-v2", lambda options: options[-1], "summed")],
+        [("selectbox", "angles_tensor:code-lora-r8:sentiment-full", lambda options: options[-1], "matrix")],
+    ],
+    "views/overlap.py": [
+        [("selectbox", "overlap_run", "sft-seed0", "run")],
+        [("selectbox", "overlap_of", "updates", "of"), ("selectbox", "overlap_side", "right", "side"),
+         ("radio", "overlap_reference", "last", "reference"),
+         ("multiselect", "overlap_kinds:sft-seed0", ["qkv", "fc_in"], "kinds"),
+         ("selectbox", "overlap_tensor:sft-seed0", lambda options: [t for t in options if "c_attn" in t][-1], "matrix"),
+         ("radio", "overlap_rule", "qgalore_step", "rule"), ("selectbox", "overlap_tau", 0.21, "tau"),
+         ("selectbox", "overlap_spectrum_tensor:sft-seed0", lambda options: options[-1], "spectrum_matrix")],
+    ],
+    "views/patching.py": [
+        [("selectbox", "patching_site:ioi-gpt2", "mlp_hidden", "site")],
+        [("selectbox", "patching_layer:ioi-gpt2:mlp_hidden", 2, "layer"),
+         ("selectbox", "patching_method:ioi-gpt2:mlp_hidden", "probe", "method")],
+    ],
+    "views/compute.py": [[("selectbox", "compute_device", "cuda", "device")]],
+}
+
+
+@pytest.mark.parametrize("page", list(CHANGES))
+def test_changed_filters_go_to_the_url_and_a_new_session_reproduces_the_view(monkeypatch, default_views, page):
+    at = _open(monkeypatch, page)
+    wanted, link = {}, {}
+    for batch in CHANGES[page]:
+        for kind, key, value, param in batch:
+            widget = getattr(at, kind)(key=key)
+            value = value(widget.options) if callable(value) else value
+            assert value != widget.value, f"{key} is changed, not set to what it shows"
+            widget.set_value(value)
+            wanted[key], link[param] = value, _text(value)
+        at.run()
+        assert not at.exception
+    assert {k: _filters(at)[k] for k in wanted} == wanted
+    assert at.query_params == link, "one query parameter per changed filter, holding its value"
+    assert _specs(at) != _default(monkeypatch, default_views, page)[1]
+    again = _open(monkeypatch, page, link)
+    assert not again.exception
+    assert _filters(again) == _filters(at)
+    assert _specs(again) == _specs(at)
+    assert again.query_params == link
+
+
+def test_spectra_filters_round_trip_on_a_run_store(monkeypatch, run_store):
+    at = _open(monkeypatch, "views/spectra.py", store=run_store)
+    at.multiselect(key="spectra_kinds:run").set_value(["q", "k"])
+    at.slider(key="spectra_layers:run").set_value((1, 1))
+    at.selectbox(key="spectra_metric").set_value("stable_rank").run()
+    at.selectbox(key="spectra_esd_checkpoint").set_value("run/checkpoint-20").run()
+    tensor = at.selectbox(key="spectra_esd_tensor").options[-1]
+    at.selectbox(key="spectra_esd_tensor").set_value(tensor).run()
+    assert not at.exception
+    assert at.query_params == {"kinds": ["q", "k"], "layers": ["1", "1"], "metric": "stable_rank",
+                               "esd_checkpoint": "run/checkpoint-20", "matrix": tensor}
+    assert set(at.dataframe[0].value["kind"]) == {"q", "k"} and set(at.dataframe[0].value["layer"]) == {1}
+    again = _open(monkeypatch, "views/spectra.py", dict(at.query_params), store=run_store)
+    assert not again.exception
+    assert _filters(again) == _filters(at)
+    assert _specs(again) == _specs(at)
+    assert again.dataframe[0].value.equals(at.dataframe[0].value)
+
+
+def test_a_filter_shown_later_starts_from_its_default_not_from_the_url(monkeypatch):
+    """The Kinds filter is keyed by base and starts on all of that base's kinds. The kinds picked for the previous
+    base, still in the URL, are this session's own choice, not a link's, so the next base does not inherit them."""
+    at = _open(monkeypatch, "views/sparsity.py")
+    at.multiselect(key="sparsity_kinds:gpt2-stdlib-bf16").set_value(["qkv", "o"]).run()
+    assert at.query_params == {"kinds": ["qkv", "o"]}
+    at.selectbox(key="sparsity_base").set_value("pretrain-gpt2-stdlib (fp32)").run()
+    kinds = at.multiselect(key="sparsity_kinds:pretrain-gpt2-stdlib (fp32)")
+    assert {"qkv", "o"} < set(kinds.options) and kinds.value == kinds.options
+    assert at.query_params == {"base": "pretrain-gpt2-stdlib (fp32)"}
+
+
+BAD = "../../etc/passwd"
+JUNK = {  # every filter of each page given a value it cannot take
+    "views/overview.py": {"store": BAD, "group": BAD},
+    "views/spectra.py": {"group": BAD, "checkpoints": ["nope", BAD], "kinds": "%00", "metric": "__import__('os')",
+                         "layers": ["0", "99"], "heat_checkpoint": "/etc/passwd", "esd_checkpoint": "",
+                         "matrix": "\x00"},
+    "views/intruders.py": {"side": "up", "epsilon": "0.55", "kinds": BAD, "heat_checkpoint": "x", "compare": "x",
+                           "checkpoint": BAD, "matrix": "1", "lambda": "1.5"},
+    "views/sparsity.py": {"base": BAD, "definition": "rm -rf", "kinds": "x", "heat_checkpoint": ".."},
+    "views/angles.py": {"base": BAD, "side": "0", "kinds": "x", "tasks": [BAD, "x"], "show": "1", "layer": "99",
+                        "task_a": BAD, "task_b": "x", "matrix": "x", "summed": "x"},
+    "views/overlap.py": {"run": BAD, "of": "x", "side": "x", "reference": "nan", "kinds": "x", "matrix": "x",
+                         "rule": "x", "spectrum_matrix": "x", "tau": "0.5"},
+    "views/patching.py": {"model": BAD, "site": "x", "layer": "-1", "method": "x"},
+    "views/compute.py": {"device": BAD},
+}
+
+
+@pytest.mark.parametrize("page", list(JUNK))
+def test_bad_values_in_the_url_fall_back_to_the_defaults(monkeypatch, default_views, page):
+    default_filters, default_figures = _default(monkeypatch, default_views, page)
+    at = _open(monkeypatch, page, JUNK[page])
+    assert not at.exception
+    assert _filters(at) == default_filters
+    assert _specs(at) == default_figures
+    if page == "views/overview.py":
+        assert any("demo-store" in c.value for c in at.caption), "a link cannot pick the store"
+    else:  # the page's parameters now say what it shows, the defaults: left out
+        assert at.query_params == {}
+
+
+@pytest.mark.parametrize("layers", [["a", "b"], ["-1", "1"], ["0", "1", "1"], ["nan", "1"]])
+def test_bad_layer_ranges_in_the_url_are_ignored(monkeypatch, default_views, run_store, layers):
+    default_filters, default_figures = _default(monkeypatch, default_views, "views/spectra.py", run_store)
+    at = _open(monkeypatch, "views/spectra.py", {"layers": layers}, store=run_store)
+    assert not at.exception
+    assert at.slider(key="spectra_layers:run").value == (0, 1) == default_filters["spectra_layers:run"]
+    assert _specs(at) == default_figures and at.query_params == {}
+
+
+def _choices(app_dir: str) -> None:
+    """A script with one of each kind of filter ``choose`` and ``slide`` take, for the test below."""
+    import sys
+
+    import streamlit as st
+
+    sys.path.insert(0, app_dir)
+    from links import choose, slide
+
+    st.session_state["shown"] = {
+        "pills": choose(st.pills, "Pills", ["a", "b", "c"], selection_mode="multi", default=["a"], key="p", url="p"),
+        "segment": choose(st.segmented_control, "Segment", [1, 2, 3], key="s", url="s"),
+        "maybe": choose(st.selectbox, "Maybe", ["x", "y"], index=None, key="m", url="m"),
+        "share": choose(st.radio, "Share", [0.1, 0.5], index=1, horizontal=True, key="r", url="r",
+                        format_func=lambda v: f"{v:.0%}"),
+        "lambda": slide(st.slider, "λ", 0.0, 1.0, 0.75, step=0.05, key="l", url="l"),
+    }
+
+
+@pytest.mark.parametrize("link, shown, kept", [
+    ({}, (["a"], None, None, 0.5, 0.75), {}),
+    ({"p": ["c", "b", "zz"], "s": "2", "m": "y", "r": "0.10", "l": "0.3"}, (["c", "b"], 2, "y", 0.1, 0.3),
+     {"p": ["c", "b"], "s": "2", "m": "y", "r": "0.1", "l": "0.3"}),
+    ({"p": "", "s": "", "m": "", "r": "", "l": ""}, ([], None, None, 0.5, 0.75), {"p": ""}),
+    ({"p": ["zz", BAD], "s": "4", "m": "z", "r": "nan", "l": "2"}, (["a"], None, None, 0.5, 0.75), {}),
+])
+def test_choose_and_slide_take_every_kind_of_filter(link, shown, kept):
+    at = AppTest.from_function(_choices, args=(str(ROOT / "app"),), default_timeout=30)
+    at.query_params.update(link)
+    at.run()
+    assert not at.exception
+    assert tuple(at.session_state["shown"].values()) == shown
+    assert at.query_params == kept

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import charts
+from subspace_atlas import charts
 
 pytestmark = pytest.mark.unit
 

@@ -145,7 +145,7 @@ def test_provenance_of_a_cli_job(tmp_path, capsys, tiny_model):
     assert prov["versions"]["torch"] == torch.__version__
     assert prov["device"] == "cpu"
     assert prov["matrices"] == 4 and prov["wall_s"] >= 0
-    assert part.stem == "part-" + prov["fingerprint"]
+    assert part.rsplit("/", 1)[1] == f"part-{prov['fingerprint']}.parquet"
     job = store.jobs("spectra").iloc[0]
     assert job["fingerprint"] == prov["fingerprint"] and job["inputs"] == prov["inputs"]
     assert job["tables"] == {"matrices": 4, "values": 32 + 32 + 32 + 32}

@@ -1,8 +1,9 @@
 """A real browser against the real app: Playwright drives Debian's chromium through every page.
 
 ``streamlit run app/main.py`` starts on a free port on the committed demo store; the test waits for it,
-visits every page, checks that charts render, changes a filter and checks the chart changes, and saves
-a screenshot of each page under ``$E2E_SCREENSHOTS`` (default: ``test-artifacts/e2e``, git-ignored).
+visits every page, checks that charts render, changes a filter and checks that the chart and the URL change,
+opens a page from a link with query parameters and checks its filters, and saves a screenshot of each page
+under ``$E2E_SCREENSHOTS`` (default: ``test-artifacts/e2e``, git-ignored).
 """
 
 from __future__ import annotations
@@ -98,6 +99,30 @@ def test_changing_a_filter_changes_the_chart(app_url, browser):
     page.get_by_text("first", exact=True).click()  # compare with the first checkpoint, not the previous
     page.wait_for_function(f"{read}() !== {json.dumps(before)}", timeout=60_000)
     assert page.evaluate(read) != before
+    page.wait_for_function("document.location.search.includes('reference=first')", timeout=60_000)  # the link too
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "overlap-first.png"), full_page=True)
+    page.close()
+
+
+def test_a_link_with_query_parameters_opens_the_page_on_its_filters(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{app_url}/spectra?metric=stable_rank&kinds=q&kinds=k&layers=2&layers=4")
+    charts(page, 2)
+    metric = page.locator("[data-testid='stSelectbox']").filter(has_text="Metric").locator("input")
+    assert metric.input_value() == "stable_rank"
+    kinds = page.locator("[data-testid='stMultiSelect']").filter(has_text="Kinds").inner_text()
+    assert kinds.split()[1:] == ["q", "k"]
+    assert "stable_rank by layer and kind" in page.locator(".js-plotly-plot").first.inner_text()
+    assert page.locator("[data-testid='stSlider']").filter(has_text="Layers").locator(
+        "[data-testid='stSliderThumbValue']").all_inner_texts() == ["2", "4"]
+    assert "metric=stable_rank" in page.url and "kinds=q&kinds=k" in page.url
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "spectra-from-link.png"), full_page=True)
+    # Another page does not inherit these filters: its Kinds start from its own defaults.
+    page.get_by_role("link", name="Intruders").click()
+    page.get_by_role("heading", name="Intruder dimensions").wait_for(timeout=60_000)
+    charts(page, 1)
+    kinds = page.locator("[data-testid='stMultiSelect']").filter(has_text="Kinds").first.inner_text()
+    assert "fc_in" in kinds.split() and "kinds=" not in page.url
     page.close()

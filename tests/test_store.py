@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,14 +64,14 @@ def test_tables_concatenate_parts_of_finished_jobs(tmp_path):
     assert sorted(got["checkpoint"]) == sorted([f"run/step{k}" for k in range(3)] +
                                                [f"run/step{k}" for k in range(100, 104)])
     assert len(store.table("spectra", "values")) == 3
-    assert [p.name for p in store.parts("spectra", "values")] == ["part-aaa.parquet", "part-bbb.parquet"]
+    assert [Path(p).name for p in store.parts("spectra", "values")] == ["part-aaa.parquet", "part-bbb.parquet"]
 
 
 def test_provenance_in_parquet_metadata_and_jobs(tmp_path):
     store = Store(tmp_path / "S")
     store.write("spectra", "fp1", {"matrices": frame(3), "values": frame(6)}, PROVENANCE)
     for table in ("matrices", "values"):
-        meta = pq.read_schema(store.root / "spectra" / table / "part-fp1.parquet").metadata
+        meta = pq.read_schema(Path(store.root) / "spectra" / table / "part-fp1.parquet").metadata
         prov = json.loads(meta[META_KEY])
         for key in ("params", "inputs", "versions", "device", "wall_s"):
             assert prov[key] == PROVENANCE[key]
@@ -122,12 +123,12 @@ def test_exception_while_building_a_table_leaves_nothing_visible(tmp_path):
     pd.testing.assert_frame_equal(store.table("spectra", "matrices"), before)
     assert len(store.table("spectra", "values")) == 3
     assert store.jobs()["fingerprint"].tolist() == ["old"]
-    assert not list(store.root.rglob("*.tmp"))
+    assert not list(Path(store.root).rglob("*.tmp"))
 
 
 def test_exception_while_renaming_into_place_cleans_up(tmp_path):
     store = Store(tmp_path / "S")
-    blocker = store.root / "spectra" / "values" / "part-new.parquet"
+    blocker = Path(store.root) / "spectra" / "values" / "part-new.parquet"
     blocker.mkdir(parents=True)  # a folder where the file should go: os.replace fails after the write
     with pytest.raises(OSError):
         store.write("spectra", "new", {"matrices": frame(4), "values": frame(3)}, PROVENANCE)
@@ -135,7 +136,7 @@ def test_exception_while_renaming_into_place_cleans_up(tmp_path):
     assert store.parts("spectra", "matrices") == []
     with pytest.raises(AtlasError):
         store.table("spectra", "matrices")
-    assert not list(store.root.rglob("*.tmp")), "temporary files left behind"
+    assert not list(Path(store.root).rglob("*.tmp")), "temporary files left behind"
 
 
 _WRITER = textwrap.dedent("""
@@ -156,17 +157,17 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_sigkill_mid_write_leaves_no_visible_part(tmp_path):
-    root = tmp_path / "S"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root)], stdout=subprocess.PIPE, text=True)
+def kill_mid_write(argv: list[str], landed, grace: float = 0.05, limit: float = 30) -> None:
+    """Start a writer that prints "ready" then writes a job; SIGKILL it once ``landed()`` (its first file is
+    in place, the rest being written) and ``grace`` seconds more have passed."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
-        landed = root / "spectra" / "matrices" / "part-unfinished.parquet"
-        deadline = time.monotonic() + 30
-        while not landed.exists():  # the job's first table is in place; the rest are being written
+        deadline = time.monotonic() + limit
+        while not landed():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.002)
-        time.sleep(0.05)
+        time.sleep(grace)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -175,14 +176,19 @@ def test_sigkill_mid_write_leaves_no_visible_part(tmp_path):
             proc.wait()
     rest = proc.stdout.read()
     proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
-    assert "finished" not in rest
+    assert proc.returncode == -signal.SIGKILL and "finished" not in rest
+
+
+def test_sigkill_mid_write_leaves_no_visible_part(tmp_path):
+    root = tmp_path / "S"
+    landed = root / "spectra" / "matrices" / "part-unfinished.parquet"
+    kill_mid_write([sys.executable, "-c", _WRITER, str(root)], landed.exists)
 
     assert landed.exists()  # the killed job really had files on disk …
     store = Store(root)
     assert not store.has("spectra", "unfinished")  # … yet none of it counts
     assert store.has("spectra", "done")
-    assert [p.name for p in store.parts("spectra", "matrices")] == ["part-done.parquet"]
+    assert [Path(p).name for p in store.parts("spectra", "matrices")] == ["part-done.parquet"]
     matrices = store.table("spectra", "matrices")
     assert matrices["alpha"].tolist() == [2.5, 3.5]
     assert store.table("spectra", "values")["tensor"].tolist() == ["a", "b"]

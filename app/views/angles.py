@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-import charts
-from common import current_store, table, table_or_stop
+from subspace_atlas import charts
+from common import current_store, show, table, table_or_stop
+from links import choose
 
 store = current_store()
 st.title("Task subspaces")
@@ -15,15 +16,15 @@ tasks = table(store, "angles", "tasks")
 alignment = table(store, "angles", "alignment")
 
 left, mid, right = st.columns([3, 2, 3])
-base = left.selectbox("Base", sorted(pairs["base"].unique()), key="angles_base")
-side = mid.selectbox("Side", sorted(pairs["side"].unique()), key="angles_side",
-                     help="left: column (output) subspaces, U; right: row (input) subspaces, V")
+base = choose(left.selectbox, "Base", sorted(pairs["base"].unique()), key="angles_base", url="base")
+side = choose(mid.selectbox, "Side", sorted(pairs["side"].unique()), key="angles_side", url="side",
+              help="left: column (output) subspaces, U; right: row (input) subspaces, V")
 of_base = pairs[(pairs["base"] == base) & (pairs["side"] == side)]
 kinds = sorted(of_base["kind"].unique())
-chosen = right.multiselect("Kinds", kinds, default=kinds, key=f"angles_kinds:{base}")
+chosen = choose(right.multiselect, "Kinds", kinds, default=kinds, key=f"angles_kinds:{base}", url="kinds")
 view = of_base[of_base["kind"].isin(chosen)]
 names = sorted(set(view["checkpoint_a"]) | set(view["checkpoint_b"]))
-picked = st.multiselect("Tasks", names, default=names, key=f"angles_tasks:{base}")
+picked = choose(st.multiselect, "Tasks", names, default=names, key=f"angles_tasks:{base}", url="tasks")
 view = view[view["checkpoint_a"].isin(picked) & view["checkpoint_b"].isin(picked)]
 if view.empty:
     st.warning("No pairs of tasks match these filters.")
@@ -32,33 +33,35 @@ if view.empty:
 grid, layers, one, aligned, raw = st.tabs(["Task × task", "By layer", "One pair", "Alignment", "Table"])
 with grid:
     g1, g2 = st.columns([2, 3])
-    value = g1.radio("Show", ["overlap", "mean_angle_deg"], horizontal=True, key="angles_value")
+    value = choose(g1.radio, "Show", ["overlap", "mean_angle_deg"], horizontal=True, key="angles_value", url="show")
     layer_choices = ["whole model"] + [int(x) for x in sorted(view["layer"].dropna().unique())]
-    layer = g2.selectbox("Layer", layer_choices, key="angles_layer", help="The mean over every selected matrix, or one layer's")
-    st.plotly_chart(charts.task_overlap_matrix(view if layer == "whole model" else view[view["layer"] == layer],
-                                               value), key="angles_matrix")
+    layer = choose(g2.selectbox, "Layer", layer_choices, key="angles_layer", url="layer",
+                   help="The mean over every selected matrix, or one layer's")
+    show(charts.task_overlap_matrix(view if layer == "whole model" else view[view["layer"] == layer], value),
+         key="angles_matrix")
 with layers:
-    st.plotly_chart(charts.overlap_by_layer(view), key="angles_layers")
+    show(charts.overlap_by_layer(view), key="angles_layers")
 with one:
     c1, c2, c3 = st.columns(3)
-    a = c1.selectbox("Task A", picked, key="angles_a")
-    b = c2.selectbox("Task B", [t for t in picked if t != a], key="angles_b")
+    a = choose(c1.selectbox, "Task A", picked, key="angles_a", url="task_a")
+    b = choose(c2.selectbox, "Task B", [t for t in picked if t != a], key="angles_b", url="task_b")
     rows = pairs[(pairs["base"] == base) & pairs["kind"].isin(chosen)
                  & (((pairs["checkpoint_a"] == a) & (pairs["checkpoint_b"] == b))
                     | ((pairs["checkpoint_a"] == b) & (pairs["checkpoint_b"] == a)))]
-    tensor = c3.selectbox("Matrix", sorted(rows["tensor"].unique()), key=f"angles_tensor:{a}:{b}")
-    st.plotly_chart(charts.angle_spectrum(rows[rows["tensor"] == tensor]), key="angles_spectrum")
+    tensor = choose(c3.selectbox, "Matrix", sorted(rows["tensor"].unique()), key=f"angles_tensor:{a}:{b}", url="matrix")
+    show(charts.angle_spectrum(rows[rows["tensor"] == tensor]), key="angles_spectrum")
 with aligned:
     if tasks is not None:
         mine = tasks[(tasks["base"] == base) & (tasks["side"] == side) & tasks["kind"].isin(chosen)
                      & tasks["checkpoint"].isin(picked)]
-        st.plotly_chart(charts.base_alignment(mine), key="angles_base_alignment")
+        show(charts.base_alignment(mine), key="angles_base_alignment")
     if alignment is not None:
         mine = alignment[(alignment["base"] == base) & (alignment["side"] == side) & alignment["kind"].isin(chosen)]
         groups = sorted(mine["group"].unique())
         if groups:
-            chosen_group = st.selectbox("Set of tasks summed (Iso-C)", groups, key=f"angles_group:{base}")
-            st.plotly_chart(charts.sar_by_task(mine[mine["group"] == chosen_group]), key="angles_sar")
+            chosen_group = choose(st.selectbox, "Set of tasks summed (Iso-C)", groups, key=f"angles_group:{base}",
+                                  url="summed")
+            show(charts.sar_by_task(mine[mine["group"] == chosen_group]), key="angles_sar")
 with raw:
     st.dataframe(view.drop(columns=["angles"]), hide_index=True)
     st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="angles.csv", mime="text/csv",

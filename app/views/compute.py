@@ -13,13 +13,14 @@ from pathlib import Path
 import streamlit as st
 
 from common import current_store
+from links import choose
 
 store = current_store()
 st.title("Compute")
 st.caption(f"Results go to `{store.root}`; what is already stored is skipped.")
 paths = st.text_area("Checkpoints (one path per line: a file, an HF folder, or a run folder)",
                      key="compute_paths")
-device = st.selectbox("Device", ["auto", "cpu", "cuda"], key="compute_device")
+device = choose(st.selectbox, "Device", ["auto", "cpu", "cuda"], key="compute_device", url="device")
 cli = shutil.which("subspace-atlas", path=str(Path(sys.executable).parent)) or "subspace-atlas"
 command = [cli, "spectra", *[p.strip() for p in paths.splitlines() if p.strip()],
            "--store", str(store.root), "--device", device]

@@ -3,8 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-import charts
-from common import current_store, table, table_or_stop
+from subspace_atlas import charts
+from common import current_store, show, table, table_or_stop
+from links import choose, slide
 
 store = current_store()
 st.title("Intruder dimensions")
@@ -16,15 +17,16 @@ summary = table_or_stop(store, "intruders", "summary", "intruder results",
 
 left, mid, right = st.columns([2, 2, 3])
 sides = sorted(summary["side"].unique())
-side = left.selectbox("Side", sides, key="intruders_side",
-                      help="left: columns of U (the paper's choice); right: rows of Vᵀ")
+side = choose(left.selectbox, "Side", sides, key="intruders_side", url="side",
+              help="left: columns of U (the paper's choice); right: rows of Vᵀ")
 epsilons = sorted(summary["epsilon"].unique())
-epsilon = mid.selectbox("ε", epsilons, index=epsilons.index(0.5) if 0.5 in epsilons else 0, key="intruders_epsilon")
+epsilon = choose(mid.selectbox, "ε", epsilons, index=epsilons.index(0.5) if 0.5 in epsilons else 0,
+                 key="intruders_epsilon", url="epsilon")
 kinds = sorted(summary["kind"].unique())
 shared = sorted(set.intersection(*(set(f["kind"]) for _, f in summary.groupby("checkpoint"))))
-chosen_kinds = right.multiselect("Kinds", kinds, default=shared or kinds, key="intruders_kinds",
-                                 help="Starts with the kinds every checkpoint has, so fine-tunes are compared like "
-                                      "with like (a LoRA adapter holds only the matrices it targets).")
+chosen_kinds = choose(right.multiselect, "Kinds", kinds, default=shared or kinds, key="intruders_kinds", url="kinds",
+                      help="Starts with the kinds every checkpoint has, so fine-tunes are compared like "
+                           "with like (a LoRA adapter holds only the matrices it targets).")
 view = summary[(summary["side"] == side) & summary["kind"].isin(chosen_kinds)]
 if view.empty:
     st.warning("No matrices match these filters.")
@@ -37,24 +39,25 @@ most_first = sorted(finals or everything, key=lambda c: (-counts[c], c))
 
 heat, sweep, steps, one, raw = st.tabs(["Layer × kind", "Count vs ε", "Over training", "One matrix", "Table"])
 with heat:
-    ckpt = st.selectbox("Checkpoint (most intruders first)", most_first, key="intruders_heat_checkpoint",
-                        format_func=lambda c: f"{c} ({counts[c]} intruders)")
-    st.plotly_chart(charts.intruder_heatmap(at_eps[at_eps["checkpoint"] == ckpt],
-                                            f"intruders per layer and kind in {ckpt} (ε = {epsilon:g})"),
-                    key="intruder_heatmap")
+    ckpt = choose(st.selectbox, "Checkpoint (most intruders first)", most_first, key="intruders_heat_checkpoint",
+                  url="heat_checkpoint", format_func=lambda c: f"{c} ({counts[c]} intruders)")
+    show(charts.intruder_heatmap(at_eps[at_eps["checkpoint"] == ckpt],
+                                 f"intruders per layer and kind in {ckpt} (ε = {epsilon:g})"), key="intruder_heatmap")
 with sweep:
-    compare = st.multiselect("Fine-tunes", everything, default=finals or everything[:6], key="intruders_compare")
-    st.plotly_chart(charts.intruders_vs_epsilon(view[view["checkpoint"].isin(compare)]), key="intruders_sweep")
+    compare = choose(st.multiselect, "Fine-tunes", everything, default=finals or everything[:6],
+                     key="intruders_compare", url="compare")
+    show(charts.intruders_vs_epsilon(view[view["checkpoint"].isin(compare)]), key="intruders_sweep")
 with steps:
-    st.plotly_chart(charts.intruders_over_steps(at_eps), key="intruders_steps")
+    show(charts.intruders_over_steps(at_eps), key="intruders_steps")
 with one:
     c1, c2, c3 = st.columns([2, 3, 1])
-    ckpt = c1.selectbox("Checkpoint", most_first + [c for c in everything if c not in most_first],
-                        key="intruders_one_checkpoint")
+    ckpt = choose(c1.selectbox, "Checkpoint", most_first + [c for c in everything if c not in most_first],
+                  key="intruders_one_checkpoint", url="checkpoint")
     in_ckpt = at_eps[at_eps["checkpoint"] == ckpt].sort_values(["n_intruders", "tensor"], ascending=[False, True])
-    tensor = c2.selectbox("Matrix (most intruders first)", in_ckpt["tensor"].tolist(), key=f"intruders_one_tensor:{ckpt}")
-    lam = c3.slider("λ", 0.0, 1.0, 0.75, 0.05, key="intruders_lambda",
-                    help="Mitigation: intruder singular values are scaled by λ (PEFT's default 0.75)")
+    tensor = choose(c2.selectbox, "Matrix (most intruders first)", in_ckpt["tensor"].tolist(),
+                    key=f"intruders_one_tensor:{ckpt}", url="matrix")
+    lam = slide(c3.slider, "λ", 0.0, 1.0, 0.75, step=0.05, key="intruders_lambda", url="lambda",
+                help="Mitigation: intruder singular values are scaled by λ (PEFT's default 0.75)")
 
     def one_matrix(name):
         return table(store, "intruders", name, checkpoint=ckpt, tensor=tensor)
@@ -63,12 +66,12 @@ with one:
     vectors = vectors[vectors["side"] == side].assign(is_intruder=lambda v: v["max_cos"] < epsilon)
     similarity = one_matrix("similarity")
     g1, g2 = st.columns(2)
-    g1.plotly_chart(charts.similarity_matrix(similarity[similarity["side"] == side], vectors), key="similarity")
-    g2.plotly_chart(charts.spectrum_with_intruders(one_matrix("values"), vectors, lam), key="intruder_spectrum")
+    show(charts.similarity_matrix(similarity[similarity["side"] == side], vectors), key="similarity", where=g1)
+    show(charts.spectrum_with_intruders(one_matrix("values"), vectors, lam), key="intruder_spectrum", where=g2)
     matrix = one_matrix("matrices")
     if not matrix.empty:
         row = matrix.iloc[0]
-        st.plotly_chart(charts.mitigation_curve(row), key="mitigation")
+        show(charts.mitigation_curve(row), key="mitigation")
         update = "dense update" if pd.isna(row["lora_rank"]) else f"LoRA rank {int(row['lora_rank'])}"
         st.caption(f"‖ΔW‖ / ‖W0‖ = {row['rel_update']:.3g} · {row['rows']} × {row['cols']} · {update} · "
                    f"decomposed by {row['method']}")

@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-import charts
-from common import current_store, table, table_or_stop
+from subspace_atlas import charts
+from common import current_store, show, table, table_or_stop
+from links import choose
 
 store = current_store()
 st.title("Training dynamics")
@@ -17,17 +18,18 @@ convergence = table(store, "overlap", "convergence")
 
 c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
 runs = pairs.groupby("run")["step_b"].nunique().sort_values(ascending=False)  # the longest run first
-run = c1.selectbox("Run", list(runs.index), key="overlap_run")
+run = choose(c1.selectbox, "Run", list(runs.index), key="overlap_run", url="run")
 mine = pairs[pairs["run"] == run]
-of = c2.selectbox("Subspaces of", sorted(mine["of"].unique(), key=["weights", "updates", "steps",
-                                                                    "gradients"].index), key="overlap_of",
-                  help="weights W_t; updates W_t − W_0; steps W_t − W_t−1; gradients on a fixed batch")
-side = c3.selectbox("Side", sorted(mine["side"].unique()), key="overlap_side",
-                    help="left: column (output) space U; right: row (input) space V")
-reference = c4.radio("Compared with", ["previous", "first", "last"], key="overlap_reference")
+of = choose(c2.selectbox, "Subspaces of", sorted(mine["of"].unique(), key=["weights", "updates", "steps",
+                                                                          "gradients"].index),
+            key="overlap_of", url="of",
+            help="weights W_t; updates W_t − W_0; steps W_t − W_t−1; gradients on a fixed batch")
+side = choose(c3.selectbox, "Side", sorted(mine["side"].unique()), key="overlap_side", url="side",
+              help="left: column (output) space U; right: row (input) space V")
+reference = choose(c4.radio, "Compared with", ["previous", "first", "last"], key="overlap_reference", url="reference")
 view = mine[(mine["of"] == of) & (mine["side"] == side)]
 kinds = sorted(view["kind"].unique())
-chosen = st.multiselect("Kinds", kinds, default=kinds, key=f"overlap_kinds:{run}")
+chosen = choose(st.multiselect, "Kinds", kinds, default=kinds, key=f"overlap_kinds:{run}", url="kinds")
 view = view[view["kind"].isin(chosen)]
 if view.empty:
     st.warning("No pairs match these filters.")
@@ -37,12 +39,12 @@ versus = charts.against_reference(view, reference)
 steps_tab, grid_tab, matrix_tab, settle_tab, spectrum_tab, raw_tab = st.tabs(
     ["Over training", "Layer × step", "Checkpoint × checkpoint", "Convergence", "Spectrum & WeLore", "Table"])
 with steps_tab:
-    st.plotly_chart(charts.overlap_over_steps(versus, reference), key="overlap_steps")
+    show(charts.overlap_over_steps(versus, reference), key="overlap_steps")
 with grid_tab:
-    st.plotly_chart(charts.overlap_layer_step(versus, reference), key="overlap_grid")
+    show(charts.overlap_layer_step(versus, reference), key="overlap_grid")
 with matrix_tab:
-    tensor = st.selectbox("Matrix", sorted(view["tensor"].unique()), key=f"overlap_tensor:{run}")
-    st.plotly_chart(charts.checkpoint_overlap_matrix(view[view["tensor"] == tensor]), key="overlap_matrix")
+    tensor = choose(st.selectbox, "Matrix", sorted(view["tensor"].unique()), key=f"overlap_tensor:{run}", url="matrix")
+    show(charts.checkpoint_overlap_matrix(view[view["tensor"] == tensor]), key="overlap_matrix")
 with settle_tab:
     if convergence is None:
         st.info("No convergence table stored.")
@@ -50,10 +52,10 @@ with settle_tab:
         conv = convergence[(convergence["run"] == run) & (convergence["side"] == side)
                            & convergence["kind"].isin(chosen)]
         threshold = float(conv["settle"].iloc[0]) if len(conv) else 0.9
-        which = st.radio("Rule", ["settled_step", "qgalore_step"], horizontal=True, key="overlap_rule",
-                         format_func={"settled_step": f"overlap with previous stays ≥ {threshold:g}",
+        which = choose(st.radio, "Rule", ["settled_step", "qgalore_step"], horizontal=True, key="overlap_rule",
+                       url="rule", format_func={"settled_step": f"overlap with previous stays ≥ {threshold:g}",
                                       "qgalore_step": "Q-GaLore: mean leading |cos| of 5 refreshes ≥ 0.4"}.get)
-        st.plotly_chart(charts.convergence_by_layer(conv, which), key="overlap_convergence")
+        show(charts.convergence_by_layer(conv, which), key="overlap_convergence")
 with spectrum_tab:
     spectrum = table(store, "overlap", "spectrum", run=run)
     welore = table(store, "overlap", "welore", run=run)
@@ -61,12 +63,13 @@ with spectrum_tab:
         st.info("No spectra stored for this run (it was computed with --no-welore).")
     else:
         s1, s2 = st.columns(2)
-        name = s1.selectbox("Matrix", sorted(spectrum["tensor"].unique()), key=f"overlap_spectrum_tensor:{run}")
-        tau = s2.selectbox("WeLore τ", sorted(welore["tau"].unique()), key="overlap_tau",
-                           help="threshold on (σ − σmin) / (σmax − σmin); WeLore's LLaMA-2 values")
-        st.plotly_chart(charts.spectrum_over_training(spectrum[spectrum["tensor"] == name]), key="overlap_spectrum")
+        name = choose(s1.selectbox, "Matrix", sorted(spectrum["tensor"].unique()), key=f"overlap_spectrum_tensor:{run}",
+                      url="spectrum_matrix")
+        tau = choose(s2.selectbox, "WeLore τ", sorted(welore["tau"].unique()), key="overlap_tau", url="tau",
+                     help="threshold on (σ − σmin) / (σmax − σmin); WeLore's LLaMA-2 values")
+        show(charts.spectrum_over_training(spectrum[spectrum["tensor"] == name]), key="overlap_spectrum")
         shown = welore[(welore["tau"] == tau) & welore["kind"].isin(chosen)]
-        st.plotly_chart(charts.welore_over_steps(shown, float(welore["lrc_share"].iloc[0])), key="overlap_welore")
+        show(charts.welore_over_steps(shown, float(welore["lrc_share"].iloc[0])), key="overlap_welore")
 with raw_tab:
     st.dataframe(view.drop(columns=["angles"]), hide_index=True)
     st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="overlap.csv", mime="text/csv",

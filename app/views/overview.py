@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-import charts
-from common import current_store, jobs, table
+from subspace_atlas import charts
+from common import current_store, jobs, show, table
 
 store = current_store()
 st.title("Subspace Atlas")
@@ -27,16 +27,16 @@ if zoo is not None:
     st.subheader("Demo zoo")
     st.markdown("Real runs made on a 2-core CPU by `subspace-atlas demo`, starting from the pretrained "
                 "all-MiniLM-L6-v2 (fine-tunes) or from scratch (the GPT-2 pretraining run). Final metrics:")
-    st.plotly_chart(charts.zoo_accuracy(zoo), key="zoo_accuracy")
+    show(charts.zoo_accuracy(zoo), key="zoo_accuracy")
     curves = table(store, "zoo", "curves")
     if curves is not None and not curves.empty:
-        st.plotly_chart(charts.loss_curves(curves), key="zoo_curves")
+        show(charts.loss_curves(curves), key="zoo_curves")
     shown = ["run", "task", "method", "rank", "train_accuracy", "heldout_accuracy", "chance_accuracy",
              "train_loss", "heldout_loss", "checkpoints", "seconds", "description"]
     st.dataframe(zoo[[c for c in shown if c in zoo]], hide_index=True, key="zoo_table")
 
 st.subheader("Stored jobs")
-st.plotly_chart(charts.jobs_timeline(analysed), key="jobs_chart")
+show(charts.jobs_timeline(analysed), key="jobs_chart")
 shown = ["analysis", "checkpoint", "run", "step", "matrices", "device", "device_name", "wall_s", "created",
          "fingerprint"]
 st.dataframe(analysed[[c for c in shown if c in analysed]], hide_index=True, key="jobs_table")

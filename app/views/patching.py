@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-import charts
-from common import current_store, table_or_stop
+from subspace_atlas import charts
+from common import current_store, show, table_or_stop
+from links import choose
 
 store = current_store()
 st.title("Activation patching")
@@ -18,20 +19,21 @@ effects = table_or_stop(store, "patching", "effects", "patching results",
 
 c1, c2 = st.columns(2)
 models = sorted(effects["model"].unique(), key=lambda m: (m == "toy-illusion", m))
-model = c1.selectbox("Model", models, key="patching_model")
+model = choose(c1.selectbox, "Model", models, key="patching_model", url="model")
 mine = effects[effects["model"] == model]
-site = c2.selectbox("Site", sorted(mine["site"].unique(), reverse=True), key=f"patching_site:{model}",
-                    help="mlp_hidden: an MLP's hidden units at the last token; resid_post: the residual stream "
+site = choose(c2.selectbox, "Site", sorted(mine["site"].unique(), reverse=True), key=f"patching_site:{model}",
+              url="site", help="mlp_hidden: an MLP's hidden units at the last token; resid_post: the residual stream "
                          "after a block")
 mine = mine[mine["site"] == site]
 clean = mine["clean_accuracy"].iloc[0]
 st.markdown(f"Clean accuracy on the held-out pairs (LD > 0): **{clean:.3f}**.")
 
-st.plotly_chart(charts.verdict_grid(mine), key="patching_grid")
+show(charts.verdict_grid(mine), key="patching_grid")
 
 c3, c4 = st.columns(2)
-layer = c3.selectbox("Layer", sorted(mine["layer"].unique()), key=f"patching_layer:{model}:{site}")
-method = c4.selectbox("Method", sorted(mine["method"].unique()), key=f"patching_method:{model}:{site}")
+layer = choose(c3.selectbox, "Layer", sorted(mine["layer"].unique()), key=f"patching_layer:{model}:{site}", url="layer")
+method = choose(c4.selectbox, "Method", sorted(mine["method"].unique()), key=f"patching_method:{model}:{site}",
+                url="method")
 one = mine[(mine["layer"] == layer) & (mine["method"] == method)]
 if not one.empty:
     parts = one.set_index("component")
@@ -44,9 +46,9 @@ if not one.empty:
         f"‖v_null‖ = {parts.loc['null', 'norm']:.3f}. Read downstream by: "
         f"{one['readers'].iloc[0] or 'the answers’ unembedding (no later layer)'}.")
 left, right = st.columns(2)
-left.plotly_chart(charts.effect_by_component(one), key="patching_components")
-right.plotly_chart(charts.norm_split(one), key="patching_norms")
-st.plotly_chart(charts.effect_across_layers(mine[mine["method"] == method]), key="patching_layers")
+show(charts.effect_by_component(one), key="patching_components", where=left)
+show(charts.norm_split(one), key="patching_norms", where=right)
+show(charts.effect_across_layers(mine[mine["method"] == method]), key="patching_layers")
 st.dataframe(mine.drop(columns=["model_path"]), hide_index=True)
 st.download_button("Download CSV", mine.to_csv(index=False).encode(), file_name="patching.csv", mime="text/csv",
                    key="patching_csv")

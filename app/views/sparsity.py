@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-import charts
-from common import current_store, table, table_or_stop
+from subspace_atlas import charts
+from common import current_store, show, table, table_or_stop
+from links import choose
 
 store = current_store()
 st.title("Update sparsity")
@@ -14,13 +15,14 @@ matrices = table_or_stop(store, "sparsity", "matrices", "sparsity results",
 
 left, mid, right = st.columns([3, 2, 3])
 bases = sorted(matrices["base"].unique())
-base = left.selectbox("Base", bases, key="sparsity_base", help="Fine-tunes are compared with this checkpoint.")
-definition = mid.radio("Unchanged when", list(charts.SPARSITY_DEFINITIONS), horizontal=True,
-                       key="sparsity_definition",
-                       help="\n\n".join(f"**{k}**: {v}" for k, v in charts.SPARSITY_DEFINITIONS.items()))
+base = choose(left.selectbox, "Base", bases, key="sparsity_base", url="base",
+              help="Fine-tunes are compared with this checkpoint.")
+definition = choose(mid.radio, "Unchanged when", list(charts.SPARSITY_DEFINITIONS), horizontal=True,
+                    key="sparsity_definition", url="definition",
+                    help="\n\n".join(f"**{k}**: {v}" for k, v in charts.SPARSITY_DEFINITIONS.items()))
 of_base = matrices[matrices["base"] == base]
 kinds = sorted(of_base["kind"].unique())
-chosen_kinds = right.multiselect("Kinds", kinds, default=kinds, key=f"sparsity_kinds:{base}")
+chosen_kinds = choose(right.multiselect, "Kinds", kinds, default=kinds, key=f"sparsity_kinds:{base}", url="kinds")
 view = of_base[of_base["kind"].isin(chosen_kinds)]
 if view.empty:
     st.warning("No matrices match these filters.")
@@ -33,15 +35,15 @@ everything = sorted(view["checkpoint"].unique())
 compare, heat, steps, overlap_tab, rank, raw = st.tabs(["Compare fine-tunes", "Layer × kind", "Over training",
                                                          "Overlap vs chance", "Update rank", "Table"])
 with compare:
-    st.plotly_chart(charts.sparsity_by_checkpoint(view[view["checkpoint"].isin(finals or everything)]),
-                    key="sparsity_compare")
+    show(charts.sparsity_by_checkpoint(view[view["checkpoint"].isin(finals or everything)]), key="sparsity_compare")
 with heat:
-    ckpt = st.selectbox("Checkpoint", finals or everything, key=f"sparsity_heat_checkpoint:{base}")
-    st.plotly_chart(charts.sparsity_heatmap(view[view["checkpoint"] == ckpt], definition,
-                                            f"unchanged share per layer and kind in {ckpt} ({definition})"),
-                    key="sparsity_heatmap")
+    ckpt = choose(st.selectbox, "Checkpoint", finals or everything, key=f"sparsity_heat_checkpoint:{base}",
+                  url="heat_checkpoint")
+    show(charts.sparsity_heatmap(view[view["checkpoint"] == ckpt], definition,
+                                 f"unchanged share per layer and kind in {ckpt} ({definition})"),
+         key="sparsity_heatmap")
 with steps:
-    st.plotly_chart(charts.sparsity_over_steps(view, definition), key="sparsity_steps")
+    show(charts.sparsity_over_steps(view, definition), key="sparsity_steps")
 with overlap_tab:
     overlap = table(store, "sparsity", "overlap")
     mine = overlap[(overlap["base"] == base) & overlap["kind"].isin(chosen_kinds)] if overlap is not None else None
@@ -49,10 +51,9 @@ with overlap_tab:
         st.info("No pairs of fine-tunes of this base are stored (give two or more checkpoints without --no-overlap).")
     else:
         st.caption(f"Changed-masks by the **{mine['mask'].iloc[0]}** definition (the `--mask` they were computed with).")
-        st.plotly_chart(charts.overlap_vs_chance(mine), key="sparsity_overlap")
+        show(charts.overlap_vs_chance(mine), key="sparsity_overlap")
 with rank:
-    st.plotly_chart(charts.update_rank_by_layer(view[view["checkpoint"].isin(finals or everything)]),
-                    key="sparsity_rank")
+    show(charts.update_rank_by_layer(view[view["checkpoint"].isin(finals or everything)]), key="sparsity_rank")
 with raw:
     st.dataframe(view, hide_index=True)
     st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="sparsity.csv",

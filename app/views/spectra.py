@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-import charts
-from common import current_store, table, table_or_stop
+from subspace_atlas import charts
+from common import current_store, show, table, table_or_stop
+from links import choose, slide
 
 store = current_store()
 st.title("Singular-value spectra")
@@ -13,21 +14,22 @@ MODELS = "single checkpoints"
 runs = sorted(matrices["run"].dropna().unique())
 groups = ([MODELS] if matrices["run"].isna().any() else []) + runs
 left, mid, right = st.columns([3, 2, 2])
-group = left.selectbox("Group", groups, key="spectra_group",
-                       help="Checkpoints that are not part of a run, or one run's checkpoints over training.")
+group = choose(left.selectbox, "Group", groups, key="spectra_group", url="group",
+               help="Checkpoints that are not part of a run, or one run's checkpoints over training.")
 in_group = matrices[matrices["run"].isna()] if group == MODELS else matrices[matrices["run"] == group]
 checkpoints = (in_group.drop_duplicates("checkpoint").sort_values(["step", "checkpoint"], na_position="first")
                ["checkpoint"].tolist())
-chosen = left.multiselect("Checkpoints", checkpoints, default=checkpoints, key=f"spectra_checkpoints:{group}")
+chosen = choose(left.multiselect, "Checkpoints", checkpoints, default=checkpoints, key=f"spectra_checkpoints:{group}",
+                url="checkpoints")
 kinds = sorted(in_group["kind"].unique())
-chosen_kinds = mid.multiselect("Kinds", kinds, default=kinds, key=f"spectra_kinds:{group}")
-metric = right.selectbox("Metric", list(charts.SPECTRA_METRICS), key="spectra_metric",
-                         help="\n\n".join(f"**{k}**: {v}" for k, v in charts.SPECTRA_METRICS.items()))
+chosen_kinds = choose(mid.multiselect, "Kinds", kinds, default=kinds, key=f"spectra_kinds:{group}", url="kinds")
+metric = choose(right.selectbox, "Metric", list(charts.SPECTRA_METRICS), key="spectra_metric", url="metric",
+                help="\n\n".join(f"**{k}**: {v}" for k, v in charts.SPECTRA_METRICS.items()))
 layers = in_group["layer"].dropna()
 view = in_group[in_group["checkpoint"].isin(chosen) & in_group["kind"].isin(chosen_kinds)]
 if len(layers) and layers.min() < layers.max():
-    lo, hi = st.slider("Layers", int(layers.min()), int(layers.max()), (int(layers.min()), int(layers.max())),
-                       key=f"spectra_layers:{group}")
+    lo, hi = slide(st.slider, "Layers", int(layers.min()), int(layers.max()), (int(layers.min()), int(layers.max())),
+                   key=f"spectra_layers:{group}", url="layers")
     view = view[view["layer"].isna() | view["layer"].between(lo, hi)]
 st.caption(charts.SPECTRA_METRICS[metric])
 if view.empty:
@@ -37,24 +39,26 @@ if view.empty:
 heat, lines, steps, density, raw = st.tabs(["Layer × kind", "Across layers", "Over training",
                                             "Eigenvalue density", "Table"])
 with heat:
-    one = st.selectbox("Checkpoint", sorted(view["checkpoint"].unique()), key="spectra_heat_checkpoint")
-    st.plotly_chart(charts.layer_kind_heatmap(view[view["checkpoint"] == one], metric), key="heatmap")
+    one = choose(st.selectbox, "Checkpoint", sorted(view["checkpoint"].unique()), key="spectra_heat_checkpoint",
+                 url="heat_checkpoint")
+    show(charts.layer_kind_heatmap(view[view["checkpoint"] == one], metric), key="heatmap")
 with lines:
-    st.plotly_chart(charts.metric_by_layer(view, metric), key="by_layer")
+    show(charts.metric_by_layer(view, metric), key="by_layer")
 with steps:
-    st.plotly_chart(charts.metric_over_steps(view, metric), key="over_steps")
+    show(charts.metric_over_steps(view, metric), key="over_steps")
 with density:
     c1, c2 = st.columns(2)
-    ckpt = c1.selectbox("Checkpoint", sorted(view["checkpoint"].unique()), key="spectra_esd_checkpoint")
+    ckpt = choose(c1.selectbox, "Checkpoint", sorted(view["checkpoint"].unique()), key="spectra_esd_checkpoint",
+                  url="esd_checkpoint")
     names = view.loc[view["checkpoint"] == ckpt, "tensor"].tolist()
-    tensor = c2.selectbox("Matrix", names, key="spectra_esd_tensor")
+    tensor = choose(c2.selectbox, "Matrix", names, key="spectra_esd_tensor", url="matrix")
     row = view[(view["checkpoint"] == ckpt) & (view["tensor"] == tensor)].iloc[0]
     values = table(store, "spectra", "values")
     sigma = values.loc[(values["checkpoint"] == ckpt) & (values["tensor"] == tensor), "sigma"].to_numpy()
-    st.plotly_chart(charts.esd_with_fit(sigma, row), key="esd")
+    show(charts.esd_with_fit(sigma, row), key="esd")
     compare = values[values["tensor"] == tensor]
     compare = compare[compare["checkpoint"].isin(chosen)]
-    st.plotly_chart(charts.singular_value_curves(compare), key="sv_curves")
+    show(charts.singular_value_curves(compare), key="sv_curves")
 with raw:
     st.dataframe(view, hide_index=True)
     st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="spectra.csv",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from subspace_atlas import linalg
 from subspace_atlas.analysis.esd import fit_marchenko_pastur, fit_power_law
 from subspace_atlas.checkpoints import TensorInfo, select_matrices
+from subspace_atlas.parallel import thread_pool
 
 NAME = "spectra"
 TABLES = ("matrices", "values")
@@ -103,7 +103,7 @@ def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
     done: list[tuple[list[dict], list[pd.DataFrame]]] = []
     pending: deque = deque()
     inflight = 0
-    with linalg.single_threaded(workers > 1), ThreadPoolExecutor(max_workers=workers) as pool:
+    with linalg.single_threaded(workers > 1), thread_pool(workers) as pool:
         for batch in _batches(stream, batch_bytes):
             size = sum(t.numel() * t.element_size() for _, t in batch)
             while pending and (len(pending) >= 8 * workers or inflight + size > _INFLIGHT_BYTES):

@@ -1,4 +1,4 @@
-"""Figures for the app: pure functions from DataFrames to plotly figures, testable without Streamlit."""
+"""Figures: pure functions from DataFrames to plotly figures, shared by the app and the HTML reports (needs plotly: the `app` extra)."""
 
 from __future__ import annotations
 
