@@ -1,6 +1,6 @@
 """Spectra of the real pretrained all-MiniLM-L6-v2: Subspace Atlas vs WeightWatcher 0.7.7.
 
-    .venv/bin/python bench/spectra_vs_weightwatcher.py [--reps 5] [--cli-reps 3] [--no-profile]
+    .venv/bin/python bench/spectra_vs_weightwatcher.py [--method gram|gram32] [--reps 5] [--cli-reps 3] [--no-profile]
 
 Both sides run in this one process on the same machine, warm (each run once first), then ``--reps``
 times interleaved (ours, WeightWatcher, ours, …) so background load hits both alike; best and
@@ -323,7 +323,7 @@ print(len(df))
 """
 
 
-def end_to_end(path: Path, reps: int) -> dict:
+def end_to_end(path: Path, reps: int, method: str) -> dict:
     out = {}
     cmds = {
         "python -c 'import torch' (interpreter + torch import only)": [sys.executable, "-c", "import torch"],
@@ -335,7 +335,7 @@ def end_to_end(path: Path, reps: int) -> dict:
             t.run(lambda: subprocess.run(cmd, check=True, capture_output=True))
         out[label] = t
     with tempfile.TemporaryDirectory(prefix="atlas-bench-cli-") as tmp:
-        cmd = [cli_path(), "spectra", str(path), "--store", tmp, "--force"]
+        cmd = [cli_path(), "spectra", str(path), "--store", tmp, "--force", "--method", method]
         t = Timing("subspace-atlas spectra PATH --store TMP --force", children=True)
         for _ in range(reps):
             t.run(lambda: subprocess.run(cmd, check=True, capture_output=True))
@@ -353,6 +353,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions per side (after one warm-up)")
     ap.add_argument("--cli-reps", type=int, default=3)
+    ap.add_argument("--method", default="gram", choices=("gram", "gram32", "svd"),
+                    help="our spectra method (gram: float64 Gram matrix, the default; gram32: float32)")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
@@ -377,7 +379,7 @@ def main() -> int:
     from subspace_atlas.checkpoints import open_checkpoints
     from subspace_atlas.store import Store
 
-    params = spectra.Params()
+    params = spectra.Params(method=args.method)
     cpu = torch.device("cpu")
     ck = open_checkpoints(path)[0]
     job = jobs.plan(spectra, [ck], params)[0]
@@ -514,7 +516,7 @@ def main() -> int:
 
     if not args.no_e2e:
         print(f"\n== end to end, fresh process each, {args.cli_reps} reps (loadavg {load_average()})")
-        e2e = end_to_end(path, args.cli_reps)
+        e2e = end_to_end(path, args.cli_reps, args.method)
         for t in e2e.values():
             print(t.line())
         print(f"RATIO end to end: WeightWatcher script / subspace-atlas CLI = {e2e['ww'].best / e2e['ours'].best:.1f}× (best)")

@@ -137,14 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--force", action="store_true")
     _add_executor(scan)
     scan.set_defaults(handler=_run_scan)
-    from subspace_atlas.report import PAGES  # noqa: PLC0415
-
     report = sub.add_parser("report", help="a self-contained HTML report of a store (plotly.js inlined once)",
                             description="The store's main figures at the app's default choices, one file that "
                                         "opens offline in any browser. Needs the `app` extra (plotly).")
     report.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
-    report.add_argument("--page", nargs="+", choices=list(PAGES), default=None,
-                        help="only these pages (default: every page with results)")
+    report.add_argument("--page", nargs="+", default=None, metavar="PAGE",
+                        help="only these pages: overview spectra intruders sparsity angles overlap patching "
+                             "(default: every page with results)")
     report.add_argument("-o", "--output", default="atlas-report.html", help="the HTML file to write")
     report.set_defaults(handler=_run_report)
     info = sub.add_parser("info", help="what a store holds: analyses, jobs, checkpoints")

@@ -21,7 +21,7 @@ import torch
 
 from subspace_atlas.errors import AtlasError
 
-METHODS = ("gram", "svd")
+METHODS = ("gram", "gram32", "svd")
 _BLOCK_BYTES = 32 << 20  # float64 bytes per block when accumulating a Gram matrix
 
 
@@ -41,16 +41,22 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 @contextmanager
 def single_threaded(enabled: bool = True) -> Iterator[None]:
-    """Run torch on one thread inside (a pool of workers supplies the parallelism), restoring it after.
+    """Run torch and NumPy's BLAS on one thread inside (a pool of workers supplies the parallelism),
+    restoring both after.
 
     LAPACK parallelises a small decomposition poorly (a 384 × 384 eigenproblem: 6 ms on one thread,
     12 ms on two), so on a CPU spreading matrices over cores beats spreading one matrix.
     """
+    from threadpoolctl import threadpool_limits
+
     previous = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
+    if not enabled:
         yield
+        return
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):  # only BLAS: limiting OpenMP too slows torch's side
+            yield
     finally:
         torch.set_num_threads(previous)
 
@@ -59,8 +65,9 @@ def singular_values(mats: torch.Tensor, method: str = "gram", dtype: torch.dtype
                     device: torch.device | None = None) -> torch.Tensor:
     """Singular values, descending, of a matrix ``(m, n)`` or a batch ``(B, m, n)``, as float64 on CPU.
 
-    ``dtype`` is the precision of the ``svd`` method; ``gram`` always accumulates in float64. A matrix
-    holding NaN or Inf gets NaN singular values.
+    ``dtype`` is the precision of the ``svd`` method; ``gram`` works in float64 (σ agree with an SVD to
+    ~1e-12 relative to σ_max), ``gram32`` in float32 (about 2.5× faster on a CPU, ~1e-6). A matrix holding
+    NaN or Inf gets NaN singular values.
     """
     if method not in METHODS:
         raise AtlasError(f"unknown SVD method {method!r} (expected one of {', '.join(METHODS)})")
@@ -71,21 +78,32 @@ def singular_values(mats: torch.Tensor, method: str = "gram", dtype: torch.dtype
         mats = batch.to(device=device, dtype=dtype)
         values = _where_finite(mats, torch.linalg.svdvals)
     else:
-        values = _gram_singular_values(batch, device)
+        values = _gram_singular_values(batch, device, torch.float32 if method == "gram32" else torch.float64)
     values = values.to("cpu", torch.float64)
     return values[0] if single else values
 
 
-def _gram_singular_values(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """σ from eigenvalues of the min-side Gram matrix, accumulated in float64 over row blocks."""
+def _gram_singular_values(batch: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """σ from eigenvalues of the min-side Gram matrix in ``dtype``, accumulated over row blocks.
+
+    On a CPU the Gram matrix is NumPy's ``x.T @ x``, which BLAS computes as a symmetric rank-k update
+    (syrk: one triangle, half a general product's arithmetic) and which releases the GIL, so worker
+    threads run side by side.
+    """
     if batch.shape[-2] < batch.shape[-1]:
         batch = batch.transpose(-2, -1)  # now tall: rows ≥ cols, the Gram matrix is cols × cols
     count, rows, cols = batch.shape
-    gram = torch.zeros(count, cols, cols, dtype=torch.float64, device=device)
-    step = max(1, _BLOCK_BYTES // max(1, 8 * cols * count))
+    width = torch.finfo(dtype).bits // 8
+    step = max(1, _BLOCK_BYTES // max(1, width * cols * count))
+    gram = torch.zeros(count, cols, cols, dtype=dtype, device=device)
     for start in range(0, rows, step):
-        block = batch[:, start:start + step].to(device=device, dtype=torch.float64)
-        gram += block.transpose(-2, -1) @ block
+        block = batch[:, start:start + step].to(device=device, dtype=dtype)
+        if device.type == "cpu":
+            for g, x in zip(gram.numpy(), block.numpy()):
+                x = np.ascontiguousarray(x)
+                g += x.T @ x
+        else:
+            gram += block.transpose(-2, -1) @ block
     evals = _where_finite(gram, torch.linalg.eigvalsh)  # ascending
     return evals.flip(-1).clamp_min(0).sqrt()
 

@@ -9,6 +9,9 @@ matrix is accurate to ≈ ε64·σmax² ≈ 2e-16·σmax² in absolute terms, so
 ``svd`` run in float32 (its default) is only as good as an fp32 LAPACK SVD, whose error bound is
 p(m, n)·ε32·σmax with ε32 ≈ 1.2e-7 and p a low-degree polynomial of the size; measured up to
 2.7e-6·σmax on a 40×300 Gaussian. Those cases use 2e-5·σmax (≈ 170 ε32) and say so.
+``gram32`` is the Gram method in float32: the same √ε argument gives ≈ √(ε32)·σmax ≈ 3.5e-4·σmax for a σ
+near zero, so 2e-3·σmax; σ above a tenth of σmax are relatively accurate to ≈ ε32 times a small factor,
+checked at 2e-5 relative (which a float16 product or a missing block would fail).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ pytestmark = pytest.mark.unit
 
 TOL = 1e-6        # × σmax, float64 paths (see module docstring)
 TOL_FP32 = 2e-5   # × σmax, svd in float32 (see module docstring)
+TOL_GRAM32 = 2e-3  # × σmax, gram32 at worst (a σ near zero); large σ: 2e-5 relative
 
 SHAPES = [(300, 40), (40, 300), (64, 64)]
 
@@ -212,7 +216,7 @@ def test_garbage_is_an_atlas_error(monkeypatch, spec, cuda):
         linalg.resolve_device(spec)
 
 
-@pytest.mark.parametrize("method", ["gram", "svd"])
+@pytest.mark.parametrize("method", ["gram", "gram32", "svd"])
 def test_non_finite_matrices_get_nan_values_and_the_rest_are_exact(method):
     rng = np.random.default_rng(11)
     mats = rng.standard_normal((3, 40, 30))
@@ -221,4 +225,26 @@ def test_non_finite_matrices_get_nan_values_and_the_rest_are_exact(method):
     got = linalg.singular_values(torch.tensor(mats, dtype=torch.float32), method).numpy()
     assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
     ref = np.linalg.svd(mats[0].astype(np.float32).astype(np.float64), compute_uv=False)
-    np.testing.assert_allclose(got[0], ref, atol=1e-6 * ref[0])
+    np.testing.assert_allclose(got[0], ref, atol=(TOL_GRAM32 if method == "gram32" else 1e-6) * ref[0])
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (64, 64), (4, 2000, 96)], ids=str)
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_gram32_matches_numpy_within_float32_accuracy(shape, in_dtype):
+    rng = np.random.default_rng(12)
+    t = torch.from_numpy(rng.standard_normal(shape) * np.linspace(0.1, 3, shape[-1])).to(in_dtype)
+    want = reference(t.to(torch.float64).numpy())
+    got = linalg.singular_values(t, "gram32")
+    assert_close(got, want, TOL_GRAM32)
+    big = want > 0.1 * want.max(axis=-1, keepdims=True)
+    np.testing.assert_allclose(got.numpy()[big], want[big], rtol=2e-5)
+    # and the float64 Gram path is still ≥ 100× closer
+    assert_close(linalg.singular_values(t, "gram"), want, TOL)
+
+
+def test_gram32_over_many_row_blocks_equals_one_block(monkeypatch):
+    t = torch.from_numpy(np.random.default_rng(13).standard_normal((2, 500, 30))).float()
+    whole = linalg.singular_values(t, "gram32")
+    monkeypatch.setattr(linalg, "_BLOCK_BYTES", 4 * 30 * 2 * 7)  # 7 rows per block: 72 blocks
+    np.testing.assert_allclose(linalg.singular_values(t, "gram32").numpy(), whole.numpy(), rtol=1e-5,
+                               atol=1e-6 * float(whole.max()))

@@ -36,7 +36,8 @@ ALPHA_LOW, ALPHA_HIGH = 2.0, 6.0
 class Params:
     method: str = field(default="gram", metadata={
         "choices": linalg.METHODS,
-        "help": "gram: eigenvalues of the float64 Gram matrix (default); svd: torch svdvals"})
+        "help": "gram: eigenvalues of the float64 Gram matrix (default); gram32: the same in float32, "
+                "about 2.5× faster on a CPU (σ to ~1e-6 of σ_max); svd: torch svdvals"})
     svd_dtype: str = field(default="float32", metadata={
         "choices": ("float32", "float64"), "help": "precision of --method svd"})
     evals_thresh: float = field(default=1e-5, metadata={
