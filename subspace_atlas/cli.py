@@ -285,7 +285,10 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "address", None) and args.executor != "ray":
+        parser.error("--address names a Ray cluster: use it with --executor ray")
     try:
         return args.handler(args)
     except AtlasError as err:

@@ -131,3 +131,11 @@ def test_without_ray_installed_the_error_says_what_to_install(tmp_path, capsys, 
                      "--store", tmp_path / "s", "--executor", "ray")
     assert rc == 2 and "--executor ray needs Ray: pip install 'subspace-atlas[cluster]'" in err
     assert not (tmp_path / "s" / "spectra").exists()
+
+
+def test_address_without_the_ray_executor_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(capsys, "spectra", tmp_path, "--store", tmp_path / "s", "--address", "auto")
+    assert exit_.value.code == 2
+    assert "--address names a Ray cluster: use it with --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
