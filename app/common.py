@@ -54,8 +54,7 @@ def version(store: Store) -> tuple:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read(root: str, analysis: str, table: str, version: tuple, where: tuple = ()) -> pd.DataFrame | None:
-    store = Store(root)
-    return store.table(analysis, table, dict(where)) if store.parts(analysis, table) else None
+    return Store(root).table_if_stored(analysis, table, dict(where))
 
 
 @st.cache_data(show_spinner=False)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from subspace_atlas import jobs
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.jobs import Job, Outcome
+from subspace_atlas.linalg import check_device_spec
 from subspace_atlas.store import Store
 
 INSTALL_HINT = "pip install 'subspace-atlas[cluster]'"
@@ -46,7 +47,7 @@ def run(groups: Sequence[Sequence[Job]], store: Store, device: str = "auto", add
     ``HOST:PORT``, ``ray://HOST:10001``); without it, ``$RAY_ADDRESS``, else a local cluster for this call.
     """
     start = time.perf_counter()
-    _check_device(device)
+    check_device_spec(device)
     if store.root.startswith("memory://"):
         raise AtlasError(f"--store {store.root}: a memory:// store lives in one process; Ray workers need a "
                          "folder they all see or a URL such as s3://")
@@ -180,11 +181,6 @@ def _describe(unit: Sequence[Job]) -> str:
     if getattr(job.module, "RUN", False):
         return f"{job.module.NAME} over run {job.group[0].run}"
     return f"{job.module.NAME} of {job.checkpoint.name}"
-
-
-def _check_device(device: str) -> None:
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise AtlasError(f"--device {device}: expected auto, cpu or cuda[:N]")
 
 
 def _work(unit: list[Job], store: Store, device: str, batch_bytes: int | None,

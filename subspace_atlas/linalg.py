@@ -12,6 +12,7 @@ Singular values come from one of two methods, both batched over same-shaped matr
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,18 +26,23 @@ METHODS = ("gram", "gram32", "svd")
 _BLOCK_BYTES = 32 << 20  # float64 bytes per block when accumulating a Gram matrix
 
 
+_DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_spec(spec: str) -> None:
+    """Fail with one line unless ``spec`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whatever this machine has)."""
+    if not _DEVICE_SPEC.fullmatch(spec):
+        raise AtlasError(f"--device {spec}: expected auto, cpu or cuda[:N]")
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto``: CUDA when present, else CPU. Asking for ``cuda`` without one is an error."""
+    check_device_spec(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise AtlasError(f"--device {spec}: no CUDA device is available here (use --device cpu or auto)")
-    if spec not in ("cpu",) and not spec.startswith("cuda"):
-        raise AtlasError(f"--device {spec}: expected auto, cpu or cuda[:N]")
-    try:
-        return torch.device(spec)
-    except RuntimeError as err:  # "cuda:x", "cuda0" … on a machine with CUDA
-        raise AtlasError(f"--device {spec}: expected auto, cpu or cuda[:N]") from err
+    return torch.device(spec)
 
 
 @contextmanager

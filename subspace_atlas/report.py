@@ -66,10 +66,6 @@ def html(title: str, sections: Sequence[Section], source: str = "") -> str:
         f"<nav>{' '.join(links)}</nav>" if len(links) > 1 else "", *body, "</body></html>"])
 
 
-def _table(store: Store, analysis: str, name: str) -> pd.DataFrame | None:
-    return store.table(analysis, name) if store.parts(analysis, name) else None
-
-
 def _overview(store: Store) -> list[Section]:
     jobs = store.jobs()
     jobs = jobs[jobs["analysis"] != "zoo"]
@@ -77,16 +73,16 @@ def _overview(store: Store) -> list[Section]:
                                             devices=("device", lambda d: ", ".join(sorted(set(map(str, d))))))
                .reset_index())
     sections = [Section("What the store holds", note=f"Store: {store.root}", table=summary)]
-    zoo = _table(store, "zoo", "runs")
+    zoo = store.table_if_stored("zoo", "runs")
     if zoo is not None:
-        curves = _table(store, "zoo", "curves")
+        curves = store.table_if_stored("zoo", "curves")
         figures = [charts.zoo_accuracy(zoo)] + ([charts.loss_curves(curves)] if curves is not None else [])
         sections.append(Section("Demo zoo", figures, "The runs the demo's analyses look at, and how well they learned."))
     return sections
 
 
 def _spectra(store: Store) -> list[Section]:
-    matrices = _table(store, "spectra", "matrices")
+    matrices = store.table_if_stored("spectra", "matrices")
     if matrices is None:
         return []
     sections = []
@@ -105,7 +101,7 @@ def _spectra(store: Store) -> list[Section]:
 
 
 def _intruders(store: Store) -> list[Section]:
-    summary = _table(store, "intruders", "summary")
+    summary = store.table_if_stored("intruders", "summary")
     if summary is None:
         return []
     left = summary[summary["side"] == "left"] if "left" in set(summary["side"]) else summary
@@ -125,7 +121,7 @@ def _intruders(store: Store) -> list[Section]:
 
 
 def _sparsity(store: Store) -> list[Section]:
-    matrices = _table(store, "sparsity", "matrices")
+    matrices = store.table_if_stored("sparsity", "matrices")
     if matrices is None:
         return []
     definition = next(iter(charts.SPARSITY_DEFINITIONS))
@@ -142,7 +138,7 @@ def _sparsity(store: Store) -> list[Section]:
 
 
 def _angles(store: Store) -> list[Section]:
-    pairs = _table(store, "angles", "pairs")
+    pairs = store.table_if_stored("angles", "pairs")
     if pairs is None:
         return []
     sections = []
@@ -156,10 +152,10 @@ def _angles(store: Store) -> list[Section]:
 
 
 def _overlap(store: Store) -> list[Section]:
-    pairs = _table(store, "overlap", "pairs")
+    pairs = store.table_if_stored("overlap", "pairs")
     if pairs is None:
         return []
-    convergence = _table(store, "overlap", "convergence")
+    convergence = store.table_if_stored("overlap", "convergence")
     sections = []
     for run, mine in pairs.groupby("run"):
         of = next(o for o in ("weights", "updates", "steps", "gradients") if o in set(mine["of"]))
@@ -176,7 +172,7 @@ def _overlap(store: Store) -> list[Section]:
 
 
 def _patching(store: Store) -> list[Section]:
-    effects = _table(store, "patching", "effects")
+    effects = store.table_if_stored("patching", "effects")
     if effects is None:
         return []
     sections = []

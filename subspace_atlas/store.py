@@ -154,9 +154,17 @@ class Store:
         Filtering happens while reading (row groups and rows that do not match are never converted),
         so a dashboard can read one matrix's rows out of a large table cheaply.
         """
+        found = self.table_if_stored(analysis, table, where)
+        if found is None:
+            raise AtlasError(f"{self.root}: no {analysis}/{table} results stored")
+        return found
+
+    def table_if_stored(self, analysis: str, table: str,
+                        where: dict[str, object] | None = None) -> pd.DataFrame | None:
+        """``table``, or None when no stored job wrote that table (one listing either way)."""
         parts = self.parts(analysis, table)
         if not parts:
-            raise AtlasError(f"{self.root}: no {analysis}/{table} results stored")
+            return None
         filters = [(column, "==", value) for column, value in (where or {}).items()] or None
         filesystem = None if self.local else self.fs
 

@@ -214,3 +214,12 @@ def test_table_where_keeps_only_matching_rows(tmp_path):
     assert got.to_dict("records") == [{"checkpoint": "b", "tensor": "m2", "v": 2.0}]
     none = store.table("x", "t", {"checkpoint": "c"})
     assert none.empty and list(none.columns) == ["checkpoint", "tensor", "v"]
+
+
+def test_table_if_stored_is_none_where_table_would_raise(tmp_path):
+    store = Store(tmp_path)
+    store.write("x", "a1", {"t": pd.DataFrame({"v": [1.0, 2.0]})}, {})
+    assert store.table_if_stored("x", "other") is None and store.table_if_stored("y", "t") is None
+    with pytest.raises(AtlasError, match="no x/other results stored"):
+        store.table("x", "other")
+    pd.testing.assert_frame_equal(store.table_if_stored("x", "t"), store.table("x", "t"))
