@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import io
 import json
 import logging
@@ -193,7 +192,6 @@ def what_ifs(mats, params, reps: int) -> dict:
     from scipy.linalg import blas
     from threadpoolctl import threadpool_limits
 
-    from subspace_atlas import linalg
     from subspace_atlas.analysis import esd, spectra
 
     res: dict[str, float] = {}
@@ -217,8 +215,8 @@ def what_ifs(mats, params, reps: int) -> dict:
     try:
         with threadpool_limits(1):
             res["to(float64) of every matrix"] = best(lambda: [t.to(torch.float64) for t in tall])
-            res["Gram: torch matmul WᵀW, float64  [current]"] = t_mm = best(lambda: [t.T @ t for t in tall64])
-            res["Gram: numpy x.T @ x, float64 (NumPy calls BLAS syrk: one triangle)  [proposed]"] = t_syrk = best(
+            res["Gram: torch matmul WᵀW, float64  [before session 4]"] = t_mm = best(lambda: [t.T @ t for t in tall64])
+            res["Gram: numpy x.T @ x, float64 (NumPy calls BLAS syrk: one triangle)  [current]"] = t_syrk = best(
                 lambda: [t.numpy().T @ t.numpy() for t in tall64])
             res["Gram: scipy.linalg.blas.dsyrk, float64 (same arithmetic; holds the GIL)"] = best(
                 lambda: [blas.dsyrk(1.0, t.numpy().T, trans=0) for t in tall64])
@@ -253,59 +251,8 @@ def what_ifs(mats, params, reps: int) -> dict:
     res["_gflops_matmul_1thread"] = flops / t_mm / 1e9
     res["_gflops_dsyrk_1thread_equiv"] = flops / t_syrk / 1e9
 
-    # Whole-compute what-ifs, patched in at runtime and restored:
-    # (a) deeper work queue: compute() waits for the *oldest* pending matrix once ``workers`` are in
-    #     flight, so while one worker decomposes the 30522 × 384 embedding the other sits idle after
-    #     one small matrix (head-of-line blocking). Allowing 8 × workers in flight (memory is still
-    #     bounded by _INFLIGHT_BYTES) keeps both busy.
-    # (b) (a) + Gram matrices by NumPy's ``x.T @ x``, which calls BLAS syrk (half the arithmetic of
-    #     a general matmul) and releases the GIL, so worker threads still run in parallel; needs
-    #     OpenBLAS limited to one thread per worker (threadpoolctl, user_api="blas"), else the
-    #     workers oversubscribe the cores.
-    #     (NumPy's eigvalsh is faster on one thread but does not run in parallel across threads.)
-    original = linalg._gram_singular_values
-
-    def gram_numpy(batch, device):
-        if device.type != "cpu":
-            return original(batch, device)
-        if batch.shape[-2] < batch.shape[-1]:
-            batch = batch.transpose(-2, -1)
-        count, rows, cols = batch.shape
-        step = max(1, linalg._BLOCK_BYTES // max(1, 8 * cols))
-        grams = torch.zeros(count, cols, cols, dtype=torch.float64)
-        for k in range(count):
-            g = grams[k].numpy()
-            for start in range(0, rows, step):
-                x = np.ascontiguousarray(batch[k, start:start + step].to(torch.float64).numpy())
-                g += x.T @ x
-        evals = linalg._where_finite(grams, torch.linalg.eigvalsh)
-        return evals.flip(-1).clamp_min(0).sqrt()
-
     cpu = torch.device("cpu")
-    run = lambda f: f(iter(mats), params, cpu, 0)  # noqa: E731
-    res["compute as is"] = best(lambda: run(spectra.compute))
-    ref = run(spectra.compute)["matrices"]
-    src = inspect.getsource(spectra.compute)
-    deep_src = src.replace("len(pending) >= workers", "len(pending) >= 8 * workers")
-    if deep_src == src:
-        res["_note"] = "compute() has no 'len(pending) >= workers' any more: queue what-if skipped"
-        return res
-    namespace = dict(vars(spectra))
-    exec(compile(deep_src, spectra.__file__, "exec"), namespace)
-    deep = namespace["compute"]
-    res["(a) compute, 8 × workers in flight  [proposed]"] = best(lambda: run(deep))
-    try:
-        linalg._gram_singular_values = gram_numpy
-        # OpenBLAS (NumPy's BLAS) on one thread per worker, as torch is; only the BLAS API: limiting
-        # OpenMP too slows torch's side (measured 0.66 s vs 0.35 s).
-        with threadpool_limits(1, user_api="blas"):
-            res["(b) = (a) + NumPy x.T @ x Gram (syrk)  [proposed]"] = best(lambda: run(deep))
-            out = run(deep)["matrices"]
-        res["_proposed_max_abs_alpha_diff"] = float(np.nanmax(np.abs(out["alpha"].to_numpy() - ref["alpha"].to_numpy())))
-        res["_proposed_max_rel_sigma_max_diff"] = float(
-            np.nanmax(np.abs(out["sigma_max"].to_numpy() / ref["sigma_max"].to_numpy() - 1)))
-    finally:
-        linalg._gram_singular_values = original
+    res["compute as is"] = best(lambda: spectra.compute(iter(mats), params, cpu, 0))
     return res
 
 
@@ -492,23 +439,13 @@ def main() -> int:
         print(f"  Gram products: {wi['_gflop_gram']:.1f} GFLOP; torch matmul float64 runs at "
               f"{wi['_gflops_matmul_1thread']:.0f} GFLOP/s on one thread, NumPy's syrk at "
               f"{wi['_gflops_dsyrk_1thread_equiv']:.0f} GFLOP/s-equivalent (it does half the arithmetic)")
-        if "_proposed_max_abs_alpha_diff" in wi:
-            print(f"  proposed vs current: max |Δalpha| = {wi['_proposed_max_abs_alpha_diff']:.2e}, "
-                  f"max relative Δsigma_max = {wi['_proposed_max_rel_sigma_max_diff']:.2e}")
         cores = os.cpu_count() or 1
-        floor = (wi["Gram: numpy x.T @ x, float64 (NumPy calls BLAS syrk: one triangle)  [proposed]"]
+        floor = (wi["Gram: numpy x.T @ x, float64 (NumPy calls BLAS syrk: one triangle)  [current]"]
                  + wi["eigvalsh: torch.linalg.eigvalsh (MKL)  [current]"]
                  + wi["metrics() per matrix incl. fits"]) / cores
         wi["_floor_s"] = floor
         print(f"  lower bound in float64 on {cores} cores (syrk Gram + eigvalsh + fits, perfectly parallel, "
               f"nothing else): {floor:.3f} s → at most {w.best / floor:.1f}× faster than WeightWatcher here")
-        if "_note" in wi:
-            print("  " + wi["_note"])
-        else:
-            a_ = wi["(a) compute, 8 × workers in flight  [proposed]"]
-            b_ = wi["(b) = (a) + NumPy x.T @ x Gram (syrk)  [proposed]"]
-            print(f"  WeightWatcher / ours: {w.best / c.best:.1f}× now, {w.best / a_:.1f}× with (a), "
-                  f"{w.best / b_:.1f}× with (b) (best vs best)")
         summary["profile_compute"] = {"wall": wall, "phases": phases}
         summary["profile_job"] = {"wall": jwall, "phases": jphases}
         summary["read_s"] = read.best
