@@ -79,7 +79,7 @@ def main() -> int:
     ap.add_argument("--small", action="store_true", help="tiny Llama shape, default --device cpu: a quick check")
     ap.add_argument("--device", default=None, help="device for the run (default: cuda, or cpu with --small)")
     ap.add_argument("--out", type=Path, default=None, help="checkpoint folder (default: bench/out/<shape>)")
-    ap.add_argument("--method", default="gram", choices=("gram", "svd"))
+    ap.add_argument("--method", default="gram", choices=("gram", "gram32", "svd"))
     ap.add_argument("--no-warm", action="store_true", help="skip the second, page-cache-warm full run")
     ap.add_argument("--delete", action="store_true", help="delete the checkpoint afterwards")
     args = ap.parse_args()

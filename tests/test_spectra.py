@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from subspace_atlas import linalg
 from subspace_atlas.analysis import esd, spectra
 from subspace_atlas.checkpoints import TensorInfo
 
@@ -189,12 +190,16 @@ def stream_fixture():
     return mats
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])])
 @pytest.mark.parametrize("method", ["gram", "svd"])
 @pytest.mark.parametrize("batch_bytes", [0, 1 << 30], ids=["unbatched", "batched"])
-def test_compute_matches_numpy(method, batch_bytes):
+def test_compute_matches_numpy(method, batch_bytes, device):
     mats = stream_fixture()
     params = spectra.Params(method=method, svd_dtype="float64")
-    out = spectra.compute(make_stream(mats), params, batch_bytes=batch_bytes)
+    out = spectra.compute(make_stream(mats), params, torch.device(device), batch_bytes=batch_bytes)
     matrices, values = out["matrices"], out["values"]
     assert list(matrices["tensor"]) == [name for name, _ in mats]
     for name, t in mats:
@@ -213,6 +218,47 @@ def test_compute_matches_numpy(method, batch_bytes):
         assert row["log_norm"] == pytest.approx(math.log10(np.sum(want**2)), rel=1e-9)
         assert row["stable_rank"] == pytest.approx(np.sum(want**2) / want[0] ** 2, rel=1e-9)
         assert row["n_evals"] == min(t.shape)
+
+
+@pytest.mark.parametrize("method", ["gram", "svd"])  # Gram matrices solved by the host threads, or σ from the device
+@pytest.mark.parametrize("batch_bytes", [0, 1 << 30], ids=["unbatched", "batched"])
+def test_gpu_schedule_gives_the_cpu_schedules_tables(batch_bytes, method):
+    """The GPU's schedule (decompose in order on the caller's thread, fit on worker threads), run with the
+    CPU as its device, gives what the CPU's schedule (workers decompose and fit) gives."""
+    cpu, params = torch.device("cpu"), spectra.Params(method=method, svd_dtype="float64")
+    gpu_way = spectra._on_gpu(make_stream(stream_fixture()), params, cpu, batch_bytes, 2)
+    cpu_way = spectra._on_cpu(make_stream(stream_fixture()), params, batch_bytes, 2)
+    for part, combine in ((0, lambda rows: pd.DataFrame([r for batch in rows for r in batch])),
+                          (1, lambda frames: pd.concat([f for batch in frames for f in batch], ignore_index=True))):
+        pd.testing.assert_frame_equal(combine([d[part] for d in gpu_way]), combine([d[part] for d in cpu_way]),
+                                      rtol=1e-10)  # BLAS may split the sums over other thread counts
+
+
+@pytest.mark.parametrize("method", ["gram", "gram32"])
+def test_a_tall_matrix_split_over_workers_matches_numpy_and_its_unsplit_self_bit_for_bit(method):
+    """An embedding-like matrix (far taller than wide) has its Gram products spread over the workers; the
+    blocks depend on its shape alone, so one worker or four give the same bits, and NumPy agrees."""
+    rng = np.random.default_rng(12)
+    tall = rng.standard_normal((3000, 40)) * np.linspace(0.2, 3, 40)
+    wide = rng.standard_normal((40, 2600))                       # transposed inside: split too
+    nan = rng.standard_normal((2048, 32))
+    nan[1500, 3] = np.nan                                        # in a late block
+    mats = [("tall", torch.from_numpy(tall).float()), ("small", torch.from_numpy(rng.standard_normal((30, 20)))),
+            ("wide", torch.from_numpy(wide).to(torch.bfloat16)), ("nan", torch.from_numpy(nan))]
+    assert all(linalg.splittable(t.shape) for n, t in mats if n != "small")
+    assert len(linalg.row_blocks(torch.zeros(1, 3000, 40), torch.float64)) == 12  # ⌈3000/16⌉ = 188 < 256 rows
+    params = spectra.Params(method=method)
+    one = spectra.compute(make_stream(mats), params, workers=1)
+    four = spectra.compute(make_stream(mats), params, workers=4)
+    pd.testing.assert_frame_equal(one["values"], four["values"], check_exact=True)
+    pd.testing.assert_frame_equal(one["matrices"], four["matrices"], check_exact=True)
+    rows = four["matrices"].set_index("tensor")
+    assert rows.loc["nan", "nonfinite"] == 1 and "nan" not in set(four["values"]["tensor"])
+    tol = 2e-3 if method == "gram32" else 1e-6  # × σmax, as in test_linalg
+    for name, t in mats[:3]:
+        want = np.linalg.svd(t.to(torch.float64).numpy(), compute_uv=False)
+        got = four["values"].loc[four["values"]["tensor"] == name, "sigma"].to_numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * want[0])
 
 
 def test_batched_and_unbatched_agree():

@@ -97,10 +97,10 @@ def _matrix(item: PairedMatrix, params: Params, device: torch.device, batch_byte
 
     def w0() -> torch.Tensor:
         if not base:
-            base.append(item.load_base().to(device=device, dtype=dtype))
+            base.append(linalg.to_device(item.load_base(), device, dtype))
         return base[0]
 
-    u0, s0, vh0 = (t.to(device=device, dtype=dtype) for t in cache.svd(item.cache_key, w0, dtype, device))
+    u0, s0, vh0 = (linalg.to_device(t, device, dtype) for t in cache.svd(item.cache_key, w0, dtype, device))
     results: list[tuple[int, dict]] = []
     dense: list[tuple[int, torch.Tensor]] = []
     ranks: dict[int, int] = {}  # LoRA rank of the jobs whose update is an adapter
@@ -115,7 +115,7 @@ def _matrix(item: PairedMatrix, params: Params, device: torch.device, batch_byte
         dense.append((job, tuned))
     for batch in _batches(dense, batch_bytes):
         jobs = [job for job, _ in batch]
-        stacked = torch.stack([w.to(device=device, dtype=dtype) for _, w in batch])
+        stacked = torch.stack([linalg.to_device(w, device, dtype) for _, w in batch])
         u, s, vh = linalg.svd(stacked, dtype, device)
         for b, job in enumerate(jobs):
             results.append((job, _dense(stacked[b], w0(), u[b], s[b], vh[b], u0, s0, vh0, params)
