@@ -100,10 +100,7 @@ def singular_values(mats: torch.Tensor, method: str = "gram", dtype: torch.dtype
 
 def _gram_singular_values(batch: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """σ from eigenvalues of the min-side Gram matrix in ``dtype``, accumulated over row blocks."""
-    if device.type != "cpu":
-        batch = batch.to(device)  # across in the stored dtype; blocks are converted on the device
-    batch = tall(batch)
-    return gram_sigma(gram(batch, device, dtype))
+    return gram_sigma(gram(tall(batch), device, dtype))
 
 
 def gram_dtype(method: str) -> torch.dtype:
@@ -145,7 +142,7 @@ def block_gram(block: torch.Tensor, device: torch.device, dtype: torch.dtype) ->
     (syrk: one triangle, half a general product's arithmetic) and which releases the GIL, so worker
     threads run side by side.
     """
-    block = block.to(device).to(dtype)
+    block = to_device(block, device, dtype)
     if device.type != "cpu":
         return block.transpose(-2, -1) @ block
     out = torch.empty(block.shape[0], block.shape[-1], block.shape[-1], dtype=dtype)
@@ -156,7 +153,11 @@ def block_gram(block: torch.Tensor, device: torch.device, dtype: torch.dtype) ->
 
 
 def gram(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The Gram matrices of a tall batch, summed block by block in order (``gram_sum`` of the blocks)."""
+    """The Gram matrices of a tall batch, summed block by block in order (``gram_sum`` of the blocks).
+
+    The batch crosses to ``device`` once, in its stored dtype; each block is converted there.
+    """
+    batch = batch.to(device)
     return gram_sum(block_gram(batch[:, rows], device, dtype) for rows in row_blocks(batch, dtype))
 
 
