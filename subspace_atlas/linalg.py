@@ -162,10 +162,14 @@ def gram(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch
 
 
 def gram_sum(blocks: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Block Gram matrices added up in the order given: the same rounding however the blocks were made."""
+    """Block Gram matrices added up in the order given: the same rounding however the blocks were made.
+
+    The sum accumulates in the first block's tensor (no copy of a Gram matrix per sum): pass blocks
+    that nothing else reads afterwards, as ``block_gram`` makes them.
+    """
     total = None
     for g in blocks:
-        total = g.clone() if total is None else total.add_(g)
+        total = g if total is None else total.add_(g)
     return total
 
 
