@@ -43,28 +43,41 @@ def current_store() -> Store:
 
 
 @st.cache_data(show_spinner=False, ttl=10)
-def _remote_version(root: str) -> tuple:
+def _remote_version(root: str) -> str:
     return Store(root).version()
 
 
-def version(store: Store) -> tuple:
+def version(store: Store) -> str:
     """What the store holds, as a cache key: listed afresh each run on a disk, at most every 10 s remotely."""
     return store.version() if store.local else _remote_version(store.root)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _read(root: str, analysis: str, table: str, version: tuple, where: tuple = ()) -> pd.DataFrame | None:
-    return Store(root).table_if_stored(analysis, table, dict(where))
+# Query results are cached once per server, shared by every session and never pickled (st.cache_resource),
+# keyed by the store's version: a page asks for the slice it draws, and a second visitor gets it for free.
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _read(root: str, analysis: str, table: str, version: str, where: tuple, columns: tuple | None
+          ) -> tuple[pd.DataFrame | None, list[str]]:
+    store = Store(root)
+    found = store.table_if_stored(analysis, table, dict(where), list(columns) if columns else None)
+    return found, [f"{store.relative(path)}: {why}" for path, why in sorted(store.unreadable.items())]
 
 
-@st.cache_data(show_spinner=False)
-def _jobs(root: str, version: tuple) -> pd.DataFrame:
+@st.cache_data(show_spinner=False, max_entries=16)
+def _jobs(root: str, version: str) -> pd.DataFrame:
     return Store(root).jobs()
 
 
-def table(store: Store, analysis: str, name: str, **where) -> pd.DataFrame | None:
-    """A stored table (only rows whose columns equal ``where``), cached until a job is added; None if absent."""
-    return _read(store.root, analysis, name, version(store), tuple(sorted(where.items())))
+def table(store: Store, analysis: str, name: str, columns: list[str] | None = None, **where) -> pd.DataFrame | None:
+    """Stored rows of a table whose columns equal ``where`` (a list: any of its values), only ``columns``;
+    None if no job wrote the table. Read once per store version for every session."""
+    key = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple, set)) else v) for k, v in where.items()))
+    found, unreadable = _read(store.root, analysis, name, version(store), key, tuple(columns) if columns else None)
+    for line in unreadable:  # named once per page, never a traceback; `subspace-atlas verify --repair` heals it
+        if line not in st.session_state.setdefault("_warned", set()):
+            st.session_state["_warned"].add(line)
+            st.warning(f"Left out, does not read: {line}. Run `subspace-atlas verify --store … --repair`, "
+                       "then rerun the job.", icon=":material/broken_image:")
+    return None if found is None else found.copy(deep=False)  # a session's edits never reach the shared copy
 
 
 def jobs(store: Store) -> pd.DataFrame:
@@ -76,13 +89,20 @@ def jobs(store: Store) -> pd.DataFrame:
     return pd.concat([frame.drop(columns=["inputs"]), inputs], axis=1)
 
 
-def table_or_stop(store: Store, analysis: str, name: str, what: str, command: str) -> pd.DataFrame:
-    """A stored table, or an explanation of how to compute it and the end of the page."""
-    frame = table(store, analysis, name)
+def table_or_stop(store: Store, analysis: str, name: str, what: str, command: str,
+                  columns: list[str] | None = None, **where) -> pd.DataFrame:
+    """A stored table (see ``table``), or an explanation of how to compute it and the end of the page."""
+    frame = table(store, analysis, name, columns, **where)
     if frame is None:
         st.info(f"No {what} in `{store.root}`. Compute them with `{command} --store {store.root}`.")
         st.stop()
     return frame
+
+
+def csv_download(frame: pd.DataFrame, name: str, key: str) -> None:
+    """A CSV download of ``frame``, built only when clicked (never on every rerun)."""
+    st.download_button("Download CSV", lambda: frame.to_csv(index=False).encode(), file_name=f"{name}.csv",
+                       mime="text/csv", key=key, on_click="ignore")
 
 
 def show(fig, *, key: str, where=None):

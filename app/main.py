@@ -33,5 +33,6 @@ if not read_only():
     pages.append(st.Page("views/compute.py", title="Compute", icon=":material/play_arrow:"))
 page = st.navigation(pages)
 st.session_state["_figures"] = []  # what the page shows, for its HTML export
+st.session_state["_warned"] = set()  # unreadable files already named on this run of the page
 page.run()
 export_buttons(current_store(), page.title)

@@ -42,7 +42,7 @@ from _synth import LLAMA2_7B, SMALL, evict_page_cache, write_checkpoint  # noqa:
 READER_PASS = """
 import sys, time, torch
 from subspace_atlas.checkpoints import open_checkpoints
-from subspace_atlas.analysis import spectra
+from subspace_atlas.specs import spectra
 device = torch.device(sys.argv[2])
 t0 = time.perf_counter()
 n = nbytes = 0

@@ -91,14 +91,14 @@ def plain_loop(paths: dict[str, Path], k: int = 10) -> dict[tuple[str, str], np.
 
 
 def ours(paths: dict[str, Path], store: Path, names: list[str]) -> dict[tuple[str, str], np.ndarray]:
-    from subspace_atlas import analysis, jobs, linalg
+    from subspace_atlas import analysis, jobs, linalg, planning
     from subspace_atlas.checkpoints import open_checkpoints
     from subspace_atlas.store import Store
 
-    module = analysis.get("intruders")
+    module = analysis.SPECS["intruders"]
     base = open_checkpoints(paths["base"], name="base")[0]
     tuned = [c for n in names for c in open_checkpoints(paths[n], name=n)]
-    planned = jobs.plan(module, tuned, module.Params(epsilon=(0.5,)), base=base)
+    planned = planning.plan(module, tuned, module.Params(epsilon=(0.5,)), base=base)
     jobs.run(planned, Store(store), linalg.resolve_device("cpu"), log=lambda s: None)
     vectors = Store(store).table("intruders", "vectors")
     return {(c, t): f.sort_values("index")["max_cos"].to_numpy() for (c, t), f in vectors.groupby(["checkpoint", "tensor"])}

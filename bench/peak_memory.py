@@ -40,7 +40,7 @@ TARGET_MIB = 1024
 READ_ONLY = """
 import sys, time
 from subspace_atlas.checkpoints import open_checkpoints
-from subspace_atlas.analysis import spectra
+from subspace_atlas.specs import spectra
 t0 = time.perf_counter()
 n = b = 0
 for ck in open_checkpoints(sys.argv[1]):

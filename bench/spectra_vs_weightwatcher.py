@@ -9,7 +9,7 @@ median wall time and CPU time are reported.
 
 * ours, compute only: ``spectra.compute`` over the 40 matrices already in memory (cloned, so no
   file reads are timed).
-* ours, job path: ``open_checkpoints`` + ``jobs.plan`` + ``jobs.run`` into a temporary ``Store``
+* ours, job path: ``open_checkpoints`` + ``planning.plan`` + ``jobs.run`` into a temporary ``Store``
   with ``force=True`` (file identity hash, reading, compute, labelling, Parquet write).
 * WeightWatcher: ``WeightWatcher(model=model).analyze(plot=False)`` on the ``transformers.BertModel``
   already loaded (model loading not timed); also with its BLAS limited to one thread, and the ratios
@@ -329,16 +329,17 @@ def main() -> int:
     import torch
     import transformers
 
-    from subspace_atlas import checkpoints, jobs, linalg
+    from subspace_atlas import checkpoints, jobs, linalg, planning
     from subspace_atlas.analysis import esd, spectra
+    from subspace_atlas.specs import spectra as spec
     from subspace_atlas.checkpoints import open_checkpoints
     from subspace_atlas.store import Store
 
-    params = spectra.Params(method=args.method)
+    params = spec.Params(method=args.method)
     cpu = torch.device("cpu")
     dev = linalg.resolve_device(args.device)
     ck = open_checkpoints(path)[0]
-    job = jobs.plan(spectra, [ck], params)[0]
+    job = planning.plan(spec, [ck], params)[0]
     infos = jobs.matrices_of(job)
     mats = [(i, ck.load(i.name).clone()) for i in infos]  # in memory, in the job's order
     print(f"ours: {len(mats)} matrices, {sum(t.numel() for _, t in mats) / 1e6:.1f} M parameters, "
@@ -362,7 +363,7 @@ def main() -> int:
 
     def ours_job():
         cks = checkpoints.open_checkpoints(path)  # through the module, so the profiler's wrap applies
-        planned = jobs.plan(spectra, cks, params)
+        planned = planning.plan(spec, cks, params)
         return jobs.run(planned, Store(tmp.name), dev, force=True, log=lambda s: None)
 
     def ww():

@@ -15,11 +15,13 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from subspace_atlas.checkpoints import Checkpoint, TensorInfo
 from subspace_atlas.errors import AtlasError
+
+if TYPE_CHECKING:
+    import torch
 
 CONFIG = "adapter_config.json"
 _WRAPPER = "base_model.model."
@@ -43,7 +45,7 @@ class LoraUpdate:
     def shape(self) -> tuple[int, int]:
         return self.left.shape[0], self.right.shape[1]
 
-    def dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
         return self.scale * (self.left.to(dtype) @ self.right.to(dtype))
 
 

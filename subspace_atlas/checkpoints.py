@@ -8,7 +8,9 @@ step read from the name or ``trainer_state.json``.
 
 Reading a checkpoint's tensor list touches headers only. ``load`` reads one tensor; ``stream`` reads
 a list of them in a background thread, a bounded number ahead, so disk reads overlap compute and
-peak memory stays near the largest matrix, never the model.
+peak memory stays near the largest matrix, never the model. Opening, listing and ``identity``
+need no torch for safetensors files and HF folders (dtypes stay names until a tensor loads); a
+``.bin`` / ``.pt`` pickle is loaded with torch to list its tensors.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from subspace_atlas.errors import AtlasError
+
+if TYPE_CHECKING:
+    import torch
 
 SAFETENSORS = (".safetensors",)
 PICKLES = (".bin", ".pt", ".pth")
@@ -55,7 +59,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * getattr(torch, self.dtype).itemsize
+        return math.prod(self.shape) * ITEMSIZE[self.dtype]
 
 
 def select_matrices(infos: Iterable[TensorInfo]) -> tuple[list[TensorInfo], list[TensorInfo]]:
@@ -67,11 +71,14 @@ def select_matrices(infos: Iterable[TensorInfo]) -> tuple[list[TensorInfo], list
 
 
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"}
-# safetensors dtype code → torch dtype.
+# Bytes per element of a dtype, by its torch name (``TensorInfo.dtype``).
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
+            "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+# safetensors dtype code → torch dtype name.
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
-    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+    "BOOL": "bool",
 }
 _MAX_HEADER = 100 << 20
 
@@ -100,7 +107,7 @@ class _SafetensorsFile:
         self._data_start = 8 + length
         data_size = size - self._data_start
         self.infos: dict[str, TensorInfo] = {}
-        self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
@@ -110,17 +117,20 @@ class _SafetensorsFile:
                 begin, end = (int(o) for o in entry["data_offsets"])
             except (KeyError, TypeError, ValueError) as err:
                 raise AtlasError(f"{path}: tensor {name!r} has a malformed header entry ({err})") from err
-            expected = math.prod(shape) * dtype.itemsize
+            expected = math.prod(shape) * ITEMSIZE[dtype]
             if end - begin != expected or begin < 0:
                 raise AtlasError(f"{path}: tensor {name!r} spans {end - begin} bytes, its shape needs {expected}")
             if end > data_size:
                 raise AtlasError(f"{path}: truncated: tensor {name!r} ends at byte {self._data_start + end} "
                                  f"of a {size}-byte file")
             self._entries[name] = (dtype, shape, begin, end)
-            self.infos[name] = TensorInfo(name, shape, str(dtype).removeprefix("torch."))
+            self.infos[name] = TensorInfo(name, shape, dtype)
 
     def load(self, name: str) -> torch.Tensor:
-        dtype, shape, begin, end = self._entries[name]
+        import torch
+
+        dtype_name, shape, begin, end = self._entries[name]
+        dtype = getattr(torch, dtype_name)
         if end == begin:
             return torch.empty(shape, dtype=dtype)
         buffer = bytearray(end - begin)
@@ -154,6 +164,8 @@ class _PickleFile:
 
 
 def _torch_load(path: Path) -> object:
+    import torch
+
     mmap = zipfile.is_zipfile(path)  # only the zip format can be memory-mapped
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -171,6 +183,8 @@ def _torch_load(path: Path) -> object:
 
 def _flatten(obj: object, prefix: str, out: dict[str, torch.Tensor], skipped: list[str]) -> None:
     """Flatten nested dicts (``{"model": {...}}``, ``{"state_dict": {...}}``) into dotted tensor names."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         out[prefix] = obj
     elif isinstance(obj, dict):

@@ -1,8 +1,9 @@
 """``subspace-atlas``: one subcommand per registered analysis, plus ``demo`` and ``info``.
 
-Analysis flags are generated from each module's ``Params`` dataclass (name, type, default, help),
+Analysis flags are generated from each spec's ``Params`` dataclass (name, type, default, help),
 so adding an analysis adds its subcommand. Bad input ends in one ``subspace-atlas: error: …`` line
-and exit code 2; whatever was already stored stays.
+and exit code 2; whatever was already stored stays. Building the parser, ``info`` and a rerun whose
+jobs are all stored import no torch: runners and the device come in only when there is work.
 """
 
 from __future__ import annotations
@@ -13,9 +14,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from subspace_atlas import analysis
 from subspace_atlas.errors import AtlasError
+from subspace_atlas.options import check_device_spec
+from subspace_atlas.specs import patching as patching_spec
+
+if TYPE_CHECKING:
+    import torch
+
+    from subspace_atlas.jobs import Outcome
+    from subspace_atlas.planning import Job
+    from subspace_atlas.store import Store
 
 DEFAULT_STORE = os.environ.get("SUBSPACE_ATLAS_STORE", "atlas-store")
 STORE_HELP = ("result store: a folder, or an fsspec URL such as s3://bucket/prefix, gs://… "
@@ -30,16 +41,16 @@ def _add_params(parser: argparse.ArgumentParser, params_cls: type, skip: tuple[s
         kind = type(f.default)
         extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
         shown = f.default
+        text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help texts
         if isinstance(f.default, bool):  # --rank / --no-rank
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", default=f.default,
-                               action=argparse.BooleanOptionalAction, help=f.metadata.get("help", ""))
+                               action=argparse.BooleanOptionalAction, help=text)
             continue
         if isinstance(f.default, tuple):  # one value or several
             kind, shown = (type(f.default[0]) if f.default else str), " ".join(map(str, f.default)) or "none"
             extra["nargs"] = "+"
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"param_{f.name}", type=kind,
-                           default=f.default, help=f"{f.metadata.get('help', '')} (default: {shown})",
-                           **extra)
+                           default=f.default, help=f"{text} (default: {shown})", **extra)
 
 
 def _param_values(args: argparse.Namespace, params_cls: type, skip: tuple[str, ...] = ()) -> dict:
@@ -71,23 +82,22 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="subspace-atlas", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in analysis.MODULES:
-        module = analysis.get(name)
-        p = sub.add_parser(name, help=module.DESCRIPTION, description=module.DESCRIPTION)
+    for name, spec in analysis.SPECS.items():
+        p = sub.add_parser(name, help=spec.DESCRIPTION, description=spec.DESCRIPTION)
         p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                        help="checkpoint file or folder, or a run folder of checkpoints"
                             + (" (fine-tunes: full state dicts or PEFT LoRA adapter folders)"
-                               if getattr(module, "PAIRED", False) else ""))
-        if getattr(module, "PAIRED", False):
+                               if getattr(spec, "PAIRED", False) else ""))
+        if getattr(spec, "PAIRED", False):
             p.add_argument("--base", required=True, metavar="CKPT", help="the pretrained checkpoint they start from")
-        if getattr(module, "RUN", False):
+        if getattr(spec, "RUN", False):
             p.add_argument("--start", metavar="CKPT",
                            help="the checkpoint the run started from (e.g. the pretrained base), put first at step 0")
-        if getattr(module, "CROSS_TABLES", ()):
+        if getattr(spec, "CROSS_TABLES", ()):
             p.add_argument("--no-overlap", action="store_true",
-                           help=f"skip the {', '.join(module.CROSS_TABLES)} table(s) comparing every two checkpoints")
+                           help=f"skip the {', '.join(spec.CROSS_TABLES)} table(s) comparing every two checkpoints")
         _add_common(p)
-        _add_params(p, module.Params)
+        _add_params(p, spec.Params)
         p.set_defaults(handler=_run_analysis, analysis=name)
     demo = sub.add_parser("demo", help="build the demo zoo, then every analysis over it into the demo store")
     demo.add_argument("--store", default=None, help="where to write (default: data/demo-store)")
@@ -120,9 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     patch.add_argument("--device", default="auto")
     patch.add_argument("--force", action="store_true")
-    from subspace_atlas.probes import patching as _patching  # noqa: PLC0415 (the Params fields become flags)
-
-    _add_params(patch, _patching.Params, skip=("site", "layer", "method"))
+    _add_params(patch, patching_spec.Params, skip=("site", "layer", "method"))
     patch.set_defaults(handler=_run_patch)
     scan = sub.add_parser("scan", help="find every checkpoint, run and adapter under a folder; run every analysis",
                           description="Spectra of every checkpoint, overlap per run, intruders and angles for "
@@ -146,43 +154,66 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: every page with results)")
     report.add_argument("-o", "--output", default="atlas-report.html", help="the HTML file to write")
     report.set_defaults(handler=_run_report)
-    info = sub.add_parser("info", help="what a store holds: analyses, jobs, checkpoints")
-    info.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
-    info.set_defaults(handler=_run_info)
+    _store_command(sub, "info", _run_info, "what a store holds: analyses, jobs, checkpoints")
+    _store_command(sub, "compact", _run_compact, "merge a store's many small job files into few (readers never notice)",
+                   "Merges the per-job Parquet parts of every analysis into few files, so a sweep of 1,000 jobs reads "
+                   "like one. Safe while others read the store and if killed at any point; nothing is lost or "
+                   "recomputed.")
+    verify = _store_command(sub, "verify", _run_verify, "find every store file that does not read back; --repair",
+                            "Reads every manifest and every table file its jobs name. With --repair, removes the "
+                            "broken jobs (a plain rerun then computes them again) and what killed writers left "
+                            "behind (over an hour old).")
+    verify.add_argument("--repair", action="store_true", help="remove broken jobs and leftovers")
+    verify.add_argument("--quick", action="store_true", help="check files' footers only, not every page")
+    return parser
+
+
+def _store_command(sub, name: str, handler, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand that works on a store alone (``--store``)."""
+    parser = sub.add_parser(name, help=summary, description=description or summary)
+    parser.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    parser.set_defaults(handler=handler)
     return parser
 
 
 def _run_analysis(args: argparse.Namespace) -> int:
-    from subspace_atlas import jobs, linalg
     from subspace_atlas.checkpoints import open_checkpoints, open_one
+    from subspace_atlas.planning import pending, plan
     from subspace_atlas.store import Store
 
-    module = analysis.get(args.analysis)
+    spec = analysis.SPECS[args.analysis]
     try:
-        params = module.Params(**_param_values(args, module.Params))
+        params = spec.Params(**_param_values(args, spec.Params))
     except ValueError as err:
-        raise AtlasError(f"{module.NAME}: {err}") from err
-    device = linalg.resolve_device(args.device) if args.executor == "local" else None
+        raise AtlasError(f"{spec.NAME}: {err}") from err
+    check_device_spec(args.device)
     checkpoints = [c for arg in args.checkpoints for c in open_checkpoints(*_named(arg))]
     base = open_one(*_named(args.base), flag="--base") if getattr(args, "base", None) else None
     start = open_one(*_named(args.start), flag="--start") if getattr(args, "start", None) else None
-    planned = jobs.plan(module, checkpoints, params, args.tensors, base=base,
-                        cross=not getattr(args, "no_overlap", False), start=start)
+    planned = plan(spec, checkpoints, params, args.tensors, base=base,
+                   cross=not getattr(args, "no_overlap", False), start=start)
     store = Store(args.store)
     store.ensure_writable()
+    outcome, device = _compute(args, planned, store) if pending(planned, store, args.force) else (None, None)
+    if outcome is None or not outcome.computed:
+        print(f"{spec.NAME}: all {len(planned)} job(s) already in {store.root}; computed nothing")
+    else:
+        print(f"{spec.NAME}: computed {len(outcome.computed)} job(s), {outcome.matrices} matrices "
+              f"in {outcome.seconds:.2f} s on {device}; {len(outcome.skipped)} already stored → {store.root}")
+    return 0
+
+
+def _compute(args: argparse.Namespace, planned: list[Job], store: Store) -> tuple[Outcome, torch.device | str]:
+    """Run a plan that has work (the runners and torch load here): its ``Outcome`` and where it ran."""
     batch = None if args.batch_mb is None else args.batch_mb << 20
     if args.executor == "ray":
         from subspace_atlas import executors
 
-        outcome, device = executors.run([planned], store, args.device, args.address, batch, force=args.force)
-    else:
-        outcome = jobs.run(planned, store, device, batch, force=args.force)
-    if not outcome.computed:
-        print(f"{module.NAME}: all {len(planned)} job(s) already in {store.root}; computed nothing")
-    else:
-        print(f"{module.NAME}: computed {len(outcome.computed)} job(s), {outcome.matrices} matrices "
-              f"in {outcome.seconds:.2f} s on {device}; {len(outcome.skipped)} already stored → {store.root}")
-    return 0
+        return executors.run([planned], store, args.device, args.address, batch, force=args.force)
+    from subspace_atlas import jobs, linalg
+
+    device = linalg.resolve_device(args.device)
+    return jobs.run(planned, store, device, batch, force=args.force), device
 
 
 def _named(arg: str) -> tuple[str, str | None]:
@@ -212,7 +243,8 @@ def _run_zoo(args: argparse.Namespace) -> int:
 
 
 def _run_scan(args: argparse.Namespace) -> int:
-    from subspace_atlas import jobs, linalg, scan
+    from subspace_atlas import scan
+    from subspace_atlas.planning import pending
     from subspace_atlas.store import Store
 
     store = Store(args.store)
@@ -231,12 +263,17 @@ def _run_scan(args: argparse.Namespace) -> int:
         outcome, _ = executors.run([planned for _, planned in groups], store, args.device, args.address,
                                    force=args.force)
         computed, skipped = len(outcome.computed), len(outcome.skipped)
-    else:
+    elif any(pending(planned, store, args.force) for _, planned in groups):
+        from subspace_atlas import jobs, linalg
+
         device = linalg.resolve_device(args.device)
         for k, (what, planned) in enumerate(groups, 1):
             print(f"[{k}/{len(groups)}] {what}", file=sys.stderr)
             outcome = jobs.run(planned, store, device, force=args.force)
             computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
+    else:
+        check_device_spec(args.device)
+        skipped = sum(len(planned) for _, planned in groups)
     print(f"scan: computed {computed} job(s), {skipped} already stored → {store.root}")
     return 0
 
@@ -258,7 +295,7 @@ def _run_patch(args: argparse.Namespace) -> int:
     from subspace_atlas.probes import patching
     from subspace_atlas.store import Store
 
-    fixed = _param_values(args, patching.Params, skip=("site", "layer", "method"))
+    fixed = _param_values(args, patching_spec.Params, skip=("site", "layer", "method"))
     if args.task == "ioi" and not args.model:
         raise AtlasError("patch --task ioi needs --model PATH (a local HF causal-LM folder)")
     path, name = _named(args.model) if args.task == "ioi" else (None, None)
@@ -273,15 +310,53 @@ def _run_info(args: argparse.Namespace) -> int:
     from subspace_atlas.store import Store
 
     store = Store(args.store)
-    names = store.analyses()
-    if not names:
+    catalog = store.catalog()
+    if not catalog:
         print(f"{store.root}: empty store")
-        return 0
-    for name in names:
-        jobs = store.jobs(name)
-        checkpoints = sorted({j["checkpoint"] for j in jobs["inputs"]})
-        print(f"{name}: {len(jobs)} job(s) over {len(checkpoints)} checkpoint(s): {', '.join(checkpoints)}")
+    by_analysis: dict[str, list] = {}
+    for manifest in catalog:
+        by_analysis.setdefault(manifest.analysis, []).append(manifest)
+    for name, manifests in sorted(by_analysis.items()):
+        checkpoints = sorted({str(m.content.get("inputs", {}).get("checkpoint")) for m in manifests})
+        files = {(t, m.file(t)) for m in manifests for t in m.content.get("tables", {})}
+        shown = ", ".join(checkpoints[:8]) + (f" and {len(checkpoints) - 8} more" if len(checkpoints) > 8 else "")
+        print(f"{name}: {len(manifests)} job(s) over {len(checkpoints)} checkpoint(s), {len(files)} file(s): {shown}")
+    for path, why in sorted(store.unreadable.items()):
+        print(f"unreadable: {path}: {why}")
+    return 1 if store.unreadable else 0
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from subspace_atlas import compaction
+    from subspace_atlas.store import Store
+
+    store = Store(args.store)
+    if not store.exists():
+        raise AtlasError(f"{store.root}: no such store")
+    done = compaction.compact(store, log=lambda line: print(line, file=sys.stderr))
+    print(f"compact: {done.jobs} job(s) merged; {done.files_before} → {done.files_after} file(s)"
+          + (f"; {done.orphans_removed} leftover merged file(s) removed" if done.orphans_removed else "")
+          + f" in {store.root}")
     return 0
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from subspace_atlas.store import Store
+    from subspace_atlas.verify import verify
+
+    store = Store(args.store)
+    if not store.exists():
+        raise AtlasError(f"{store.root}: no such store")
+    found = verify(store, repair=args.repair, deep=not args.quick)
+    for path, why in sorted(found.broken.items()):
+        print(f"{'removed' if args.repair else 'broken'}: {store.relative(path)}: {why}")
+    for path in found.leftovers:
+        print(f"{'removed' if args.repair else 'leftover'}: {store.relative(path)}")
+    jobs = len(set(found.broken_jobs))
+    print(f"verify: {found.files} file(s) read back; {len(found.broken)} broken, {jobs} job(s) affected, "
+          f"{len(found.leftovers)} leftover(s)" + ("; repaired: rerun the same commands to recompute"
+                                                   if args.repair and (found.broken or jobs) else ""))
+    return 0 if args.repair or not (found.broken or found.leftovers) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,8 @@ import pandas as pd
 
 from subspace_atlas import analysis, jobs, linalg, zoo
 from subspace_atlas.checkpoints import Checkpoint, open_checkpoints
+from subspace_atlas.planning import Job, plan
+from subspace_atlas.specs import patching as patching_spec
 from subspace_atlas.store import Store, fingerprint
 from subspace_atlas.zoo.io import minilm_path
 
@@ -48,11 +50,11 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
     manifest = zoo.build(root, scale=scale)
     store_zoo(target, manifest)
     device_ = linalg.resolve_device(device)
-    spectra = analysis.get("spectra")
-    planned = jobs.plan(spectra, demo_checkpoints(root, manifest), spectra.Params())
-    intruders = analysis.get("intruders")
+    spectra = analysis.SPECS["spectra"]
+    planned = plan(spectra, demo_checkpoints(root, manifest), spectra.Params())
+    intruders = analysis.SPECS["intruders"]
     base = open_checkpoints(minilm_path(), name=zoo.BASE_NAME)[0]
-    planned_pairs = jobs.plan(intruders, fine_tunes(root, manifest), intruders.Params(), base=base)
+    planned_pairs = plan(intruders, fine_tunes(root, manifest), intruders.Params(), base=base)
     computed = skipped = 0
     for batch in (planned, planned_pairs, *sparsity_plans(root, manifest), *angle_plans(root, manifest, base),
                   *overlap_plans(root, manifest, base)):
@@ -85,33 +87,33 @@ def fine_tunes(root: Path, manifest: dict) -> list[Checkpoint]:
     return found
 
 
-def sparsity_plans(root: Path, manifest: dict) -> list[list[jobs.Job]]:
+def sparsity_plans(root: Path, manifest: dict) -> list[list[Job]]:
     """RL and SFT runs against their base: finals in bf16 (with overlaps), runs over training, finals in fp32."""
     runs = [r for r in manifest["runs"] if r["kind"] in ("rl", "sft")]
     cast = next((r for r in manifest["runs"] if r["kind"] == "cast"), None)
     if not runs or cast is None:
         return []
-    sparsity = analysis.get("sparsity")
+    sparsity = analysis.SPECS["sparsity"]
     params = sparsity.Params()
     base16 = open_checkpoints(root / cast["path"], name=zoo.BF16_BASE)[0]
     base32 = open_checkpoints(zoo.pretrained_model(root), name=f"{zoo.PRETRAIN_NAME} (fp32)")[0]
     finals = [c for r in runs for c in open_checkpoints(root / r["checkpoints"][-1]["path"], name=r["name"])]
     over_training = [c for r in runs for c in open_checkpoints(root / r["path"], name=r["name"])]
     fp32 = [c for r in runs for c in open_checkpoints(root / r["final_fp32"], name=f"{r['name']} (fp32)")]
-    return [jobs.plan(sparsity, finals, params, base=base16),
-            jobs.plan(sparsity, over_training, params, base=base16, cross=False),
-            jobs.plan(sparsity, fp32, params, base=base32)]
+    return [plan(sparsity, finals, params, base=base16),
+            plan(sparsity, over_training, params, base=base16, cross=False),
+            plan(sparsity, fp32, params, base=base32)]
 
 
-def angle_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[jobs.Job]]:
+def angle_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[Job]]:
     """Tasks' full fine-tunes and LoRA r = 8 adapters; the continual run's phases beside its single tasks."""
     runs = {r["name"]: r for r in manifest["runs"]}
-    angles = analysis.get("angles")
+    angles = analysis.SPECS["angles"]
     tasks = [c for name in ("sentiment-full", "topic-full", "code-full") if name in runs
              for c in open_checkpoints(root / runs[name]["merged"], name=name)]
     tasks += [c for name in ("sentiment-lora-r8", "topic-lora-r8", "code-lora-r8") if name in runs
               for c in open_checkpoints(root / runs[name]["checkpoints"][-1]["path"], name=name)]
-    plans = [jobs.plan(angles, tasks, angles.Params(), base=base)] if tasks else []
+    plans = [plan(angles, tasks, angles.Params(), base=base)] if tasks else []
     continual = runs.get("continual-sentiment-topic-full")
     if continual and "sentiment-full" in runs and "topic-full" in runs:
         steps = [c for c in continual["checkpoints"] if c["task"] == "sentiment"][-1], continual["checkpoints"][-1]
@@ -119,7 +121,7 @@ def angle_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[jobs.
                   for c in open_checkpoints(root / ckpt["path"], name=f"continual {label}")]
         singles = [c for name in ("sentiment-full", "topic-full")
                    for c in open_checkpoints(root / runs[name]["merged"], name=name)]
-        plans.append(jobs.plan(angles, phases + singles, angles.Params(), base=base))
+        plans.append(plan(angles, phases + singles, angles.Params(), base=base))
     return plans
 
 
@@ -141,9 +143,9 @@ def gradient_text(root: Path, chars: int = 200_000) -> Path:
     return target
 
 
-def overlap_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[jobs.Job]]:
+def overlap_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[Job]]:
     """Pretraining, RL and SFT runs with gradients; MiniLM full fine-tunes' weights, updates and steps."""
-    overlap = analysis.get("overlap")
+    overlap = analysis.SPECS["overlap"]
     runs = {r["name"]: r for r in manifest["runs"]}
     plans = []
     text = str(gradient_text(root))
@@ -151,17 +153,17 @@ def overlap_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[job
     with_gradients = overlap.Params(of=("weights", "updates", "steps", "gradients"), data=text)
     if pretrain:
         ckpts = open_checkpoints(root / pretrain["path"], name=pretrain["name"])
-        plans.append(jobs.plan(overlap, ckpts, overlap.Params(of=with_gradients.of, data=text, reference=("all",))))
+        plans.append(plan(overlap, ckpts, overlap.Params(of=with_gradients.of, data=text, reference=("all",))))
     cast = next((r for r in manifest["runs"] if r["kind"] == "cast"), None)
     tuned = [c for r in manifest["runs"] if r["kind"] in ("rl", "sft")
              for c in open_checkpoints(root / r["path"], name=r["name"])]
     if tuned and cast:
         start = open_checkpoints(root / cast["path"], name=zoo.BF16_BASE)[0]
-        plans.append(jobs.plan(overlap, tuned, with_gradients, start=start))
+        plans.append(plan(overlap, tuned, with_gradients, start=start))
     full = [c for r in manifest["runs"] if r["kind"] == "finetune" and r["method"] == "full"
             for c in open_checkpoints(root / r["path"], name=r["name"])]
     if full:
-        plans.append(jobs.plan(overlap, full, overlap.Params(), tensors=r"encoder\.layer", start=base))
+        plans.append(plan(overlap, full, overlap.Params(), tensors=r"encoder\.layer", start=base))
     return plans
 
 
@@ -169,16 +171,16 @@ def patching_jobs(store: Store, root: Path, manifest: dict, device: str) -> tupl
     """The illusion test on the IOI model (both sites × every layer × every method) and on the toy."""
     from subspace_atlas.probes import patching
 
-    fixed = {f.name: f.default for f in dataclasses.fields(patching.Params) if f.name not in ("site", "layer",
-                                                                                               "method")}
+    fixed = {f.name: f.default for f in dataclasses.fields(patching_spec.Params)
+             if f.name not in ("site", "layer", "method")}
     computed, skipped = patching.run_jobs(store, "toy", None, ["mlp_hidden"], [0],
-                                          patching.PLANTED + patching.METHODS, fixed, device)
+                                          patching_spec.PLANTED + patching_spec.METHODS, fixed, device)
     run = next((r for r in manifest["runs"] if r["kind"] == "ioi"), None)
     if run is not None:
         model = root / run["checkpoints"][-1]["path"]
         layers = list(range(run["recipe"]["n_layer"]))
-        more = patching.run_jobs(store, "ioi", str(model), patching.SITES, layers, patching.METHODS, fixed, device,
-                                 name=run["name"])
+        more = patching.run_jobs(store, "ioi", str(model), patching_spec.SITES, layers, patching_spec.METHODS, fixed,
+                                 device, name=run["name"])
         computed, skipped = computed + more[0], skipped + more[1]
     return computed, skipped
 

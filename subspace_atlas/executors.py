@@ -1,4 +1,4 @@
-"""``--executor ray``: the jobs ``jobs.plan`` makes, run as Ray tasks on a cluster (or a local one).
+"""``--executor ray``: the jobs ``planning.plan`` makes, run as Ray tasks on a cluster (or a local one).
 
 The driver does what the local executor does before any work: it drops the jobs the store holds and
 checks every input (headers only), so a bad input fails at once and leaves the store as it was. The
@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from subspace_atlas import jobs
 from subspace_atlas.errors import AtlasError
-from subspace_atlas.jobs import Job, Outcome
-from subspace_atlas.linalg import check_device_spec
+from subspace_atlas.jobs import Outcome
+from subspace_atlas.options import check_device_spec
+from subspace_atlas.planning import Job
 from subspace_atlas.store import Store
 
 INSTALL_HINT = "pip install 'subspace-atlas[cluster]'"
@@ -58,7 +59,7 @@ def run(groups: Sequence[Sequence[Job]], store: Store, device: str = "auto", add
     for group in groups:
         todo = []
         for job in group:
-            key = (job.module.NAME, job.fingerprint)
+            key = (job.spec.NAME, job.fingerprint)
             if key in seen or not force and store.has(*key):
                 skipped.append(job)
             else:
@@ -90,7 +91,7 @@ def partition(todo: Sequence[Job]) -> list[list[Job]]:
     by_base: dict[str, list[Job]] = {}
     units = []
     for job in todo:
-        if getattr(job.module, "PAIRED", False):
+        if getattr(job.spec, "PAIRED", False):
             if job.base_identity not in by_base:
                 by_base[job.base_identity] = []
                 units.append(by_base[job.base_identity])
@@ -104,10 +105,10 @@ def check(unit: Sequence[Job]) -> None:
     """Raise what ``jobs.run`` would raise about the unit's inputs before computing anything."""
     from subspace_atlas.pairs import pair_items
 
-    module: ModuleType = unit[0].module
-    if getattr(module, "PAIRED", False):
+    spec: ModuleType = unit[0].spec
+    if getattr(spec, "PAIRED", False):
         pair_items(unit[0], jobs.paired_members(unit), jobs.matrices_of)
-    elif getattr(module, "RUN", False):
+    elif getattr(spec, "RUN", False):
         for job in unit:
             jobs.run_matrices(job)
     else:
@@ -177,10 +178,10 @@ def _gather(ray: ModuleType, pending: dict, log: Callable[[str], None]) -> tuple
 def _describe(unit: Sequence[Job]) -> str:
     job = unit[0]
     if job.base is not None:
-        return f"{job.module.NAME}: {len(unit)} job(s) vs {job.base.name}"
-    if getattr(job.module, "RUN", False):
-        return f"{job.module.NAME} over run {job.group[0].run}"
-    return f"{job.module.NAME} of {job.checkpoint.name}"
+        return f"{job.spec.NAME}: {len(unit)} job(s) vs {job.base.name}"
+    if getattr(job.spec, "RUN", False):
+        return f"{job.spec.NAME} over run {job.group[0].run}"
+    return f"{job.spec.NAME} of {job.checkpoint.name}"
 
 
 def _work(unit: list[Job], store: Store, device: str, batch_bytes: int | None,

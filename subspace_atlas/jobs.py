@@ -1,14 +1,8 @@
-"""Plan jobs, skip what the store holds, run the rest, write each one atomically.
+"""Run the jobs ``planning`` made that the store lacks, writing each one atomically.
 
-A job is one analysis over one checkpoint with one set of params; its fingerprint hashes the
-analysis, params, the checkpoint's content identity, the tensor selection and the schema version.
-A paired analysis (``PAIRED = True``: intruders, sparsity …) compares each checkpoint with a base;
-the base's identity joins the fingerprint, and all jobs sharing a base run matrix by matrix
-(``pairs``), so each base matrix is read and decomposed once however many checkpoints it meets.
-A paired analysis with ``CROSS_TABLES`` also compares fine-tunes with each other: every two
-checkpoints of a plan get a cross job of their own (its rows: those tables), so adding a checkpoint
-later computes only its new pairs. ``GROUP_TABLES`` hold what depends on the whole set of
-checkpoints (e.g. alignment with their summed update): one group job per plan, keyed by all of them.
+Plain jobs run one checkpoint at a time. The paired jobs sharing a base run matrix by matrix
+(``pairs``), so each base matrix is read and decomposed once however many checkpoints it meets; cross
+and group jobs take their rows from the same pass. A run job runs matrix-major over its checkpoints.
 """
 
 from __future__ import annotations
@@ -22,32 +16,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from types import ModuleType
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 import subspace_atlas
+from subspace_atlas import analysis
 from subspace_atlas.checkpoints import Checkpoint, TensorInfo
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.naming import classify
-from subspace_atlas.store import Store, fingerprint
-
-
-@dataclass
-class Job:
-    module: ModuleType
-    checkpoint: Checkpoint
-    params: object
-    tensors: str  # regex selecting tensor names; "" = all
-    identity: str  # the checkpoint's content identity
-    fingerprint: str
-    base: Checkpoint | None = None  # what a paired analysis compares the checkpoint with
-    base_identity: str | None = None
-    other: Checkpoint | None = None  # a cross job's second checkpoint
-    group: tuple[Checkpoint, ...] = ()  # a group job's (or a run job's) checkpoints
-    identities: tuple[str, ...] = ()  # a run job's members' content identities, in order
+from subspace_atlas.planning import Job, pending
+from subspace_atlas.store import Store
 
 
 @dataclass
@@ -56,85 +36,6 @@ class Outcome:
     skipped: list[Job]
     matrices: int
     seconds: float
-
-
-def plan(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
-         base: Checkpoint | None = None, cross: bool = True, start: Checkpoint | None = None) -> list[Job]:
-    """One job per checkpoint, fingerprinted (reads file headers and a few sampled bytes only).
-
-    For a module with ``CROSS_TABLES``, also one job per two checkpoints unless ``cross`` is False.
-    A ``RUN`` module gets one job per run instead (see ``plan_runs``).
-    """
-    if getattr(module, "RUN", False):
-        return plan_runs(module, checkpoints, params, tensors, start)
-    if start is not None:
-        raise AtlasError(f"{module.NAME} takes no --start")
-    paired = getattr(module, "PAIRED", False)
-    if paired and base is None:
-        raise AtlasError(f"{module.NAME} compares checkpoints with a base model: give --base CKPT")
-    if base is not None and not paired:
-        raise AtlasError(f"{module.NAME} takes no --base")
-    base_identity = base.identity() if base is not None else None
-    jobs = []
-    for ckpt in checkpoints:
-        identity = ckpt.identity()
-        # The labels written into every row count too; the path does not (moving a folder keeps its cache).
-        inputs = {"checkpoint": identity, "tensors": tensors, "name": ckpt.name, "step": ckpt.step, "run": ckpt.run}
-        if base is not None:
-            inputs |= {"base": base_identity, "base_name": base.name}
-        jobs.append(Job(module, ckpt, params, tensors, identity,
-                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity))
-    singles = list(jobs)
-    if cross and getattr(module, "CROSS_TABLES", ()):
-        for i, a in enumerate(singles):
-            for b in singles[i + 1:]:
-                inputs = {"a": a.identity, "b": b.identity, "names": [a.checkpoint.name, b.checkpoint.name],
-                          "steps": [a.checkpoint.step, b.checkpoint.step], "runs": [a.checkpoint.run, b.checkpoint.run],
-                          "tensors": tensors, "base": base_identity, "base_name": base.name, "cross": True}
-                jobs.append(Job(module, a.checkpoint, params, tensors, a.identity,
-                                fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity,
-                                other=b.checkpoint))
-    if getattr(module, "GROUP_TABLES", ()) and singles:
-        inputs = {"members": [[j.identity, j.checkpoint.name, j.checkpoint.step, j.checkpoint.run] for j in singles],
-                  "tensors": tensors, "base": base_identity, "base_name": base.name, "group": True}
-        jobs.append(Job(module, singles[0].checkpoint, params, tensors, singles[0].identity,
-                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), base, base_identity,
-                        group=tuple(j.checkpoint for j in singles)))
-    return jobs
-
-
-def plan_runs(module: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
-              start: Checkpoint | None = None) -> list[Job]:
-    """One job per run: a run folder's checkpoints, or all loose checkpoints together, in step order.
-
-    ``start`` (e.g. the pretrained model a fine-tuning run began from) goes first in every run, at
-    step 0 unless it has a step of its own. A run's job is keyed by all its members, in order.
-    """
-    runs: dict[str, list[Checkpoint]] = {}
-    for ckpt in checkpoints:
-        runs.setdefault(ckpt.run or ckpt.path.parent.name, []).append(ckpt)
-    extra = module.job_inputs(params) if hasattr(module, "job_inputs") else {}
-    jobs = []
-    for name, members in runs.items():
-        if any(c.step is None for c in members) and len(members) > 1 and members[0].run is None:
-            raise AtlasError(f"{module.NAME}: {', '.join(str(c.path) for c in members if c.step is None)}: no step "
-                             "in the name or trainer_state.json; give a run folder (checkpoint-N children) or "
-                             "checkpoints whose names carry their steps")
-        members = sorted(members, key=lambda c: c.step if c.step is not None else -1)
-        if start is not None:
-            members = [dataclasses.replace(start, step=0 if start.step is None else start.step,
-                                           name=f"{name}/start:{start.name}")] + members
-        members = [dataclasses.replace(c, run=name) for c in members]
-        if len(members) < 2:
-            raise AtlasError(f"{module.NAME}: run {name!r} has one checkpoint ({members[0].path}); "
-                             "comparing over training needs at least two (give a run folder, or --start)")
-        identities = [c.identity() for c in members]
-        inputs = {"run": name, "members": [[i, c.name, c.step] for i, c in zip(identities, members)],
-                  "tensors": tensors} | extra
-        jobs.append(Job(module, members[0], params, tensors, identities[0],
-                        fingerprint(module.NAME, params, inputs, module.SCHEMA_VERSION), group=tuple(members),
-                        identities=tuple(identities)))
-    return jobs
 
 
 def matrices_of(job: Job, checkpoint: Checkpoint | None = None) -> list[TensorInfo]:
@@ -149,12 +50,12 @@ def matrices_of(job: Job, checkpoint: Checkpoint | None = None) -> list[TensorIn
         infos = [i for i in infos if pattern.search(i.name)]
         if not infos:
             raise AtlasError(f"{checkpoint.path}: no tensor matches --tensors {job.tensors!r}")
-    taken, skipped = job.module.select(infos)
+    taken, skipped = job.spec.select(infos)
     if not taken:
         if job.tensors and skipped:
             bad = skipped[0]
             raise AtlasError(f"{checkpoint.path}: tensor {bad.name!r} is {len(bad.shape)}-D {bad.dtype} "
-                             f"(shape {list(bad.shape)}); {job.module.NAME} needs 2-D floating-point matrices")
+                             f"(shape {list(bad.shape)}); {job.spec.NAME} needs 2-D floating-point matrices")
         other_2d = sum(1 for i in skipped if i.is_matrix)
         raise AtlasError(f"{checkpoint.path}: no 2-D floating-point weight matrices ({len(skipped)} tensors: "
                          f"{other_2d} 2-D of a non-float dtype, {len(skipped) - other_2d} not 2-D)")
@@ -166,13 +67,13 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
         force: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Outcome:
     """Run every job not already stored (all of them with ``force``), writing each as it finishes."""
     _return_large_frees_to_the_os()
-    todo = [j for j in jobs if force or not store.has(j.module.NAME, j.fingerprint)]
+    todo = pending(jobs, store, force)
     skipped = [j for j in jobs if j not in todo]
     if batch_bytes is None:  # batching pays on a GPU; on a CPU it only costs memory
         batch_bytes = 1 << 30 if device.type == "cuda" else 0
-    if todo and getattr(todo[0].module, "PAIRED", False):
+    if todo and getattr(todo[0].spec, "PAIRED", False):
         return _run_paired(todo, skipped, store, device, batch_bytes, log)
-    if todo and getattr(todo[0].module, "RUN", False):
+    if todo and getattr(todo[0].spec, "RUN", False):
         return _run_runs(todo, skipped, store, device, log)
     start, count = time.perf_counter(), 0
     plans = [(job, matrices_of(job)) for job in todo]  # validate every input before any work
@@ -182,10 +83,10 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
             bar.set_description(job.checkpoint.name)
             t0 = time.perf_counter()
             stream = _counted(zip(mats, (t for _, t in job.checkpoint.stream([m.name for m in mats]))), bar)
-            tables = job.module.compute(stream, job.params, device, batch_bytes)
+            tables = analysis.compute_module(job.spec.NAME).compute(stream, job.params, device, batch_bytes)
             tables = {name: label(frame, job.checkpoint) for name, frame in tables.items()}
             wall = time.perf_counter() - t0
-            store.write(job.module.NAME, job.fingerprint, tables, _provenance(job, device, wall, len(mats)))
+            store.write(job.spec.NAME, job.fingerprint, tables, _provenance(job, device, wall, len(mats)))
             count += len(mats)
             log(f"[{k}/{len(plans)}] {job.checkpoint.name}: {len(mats)} matrices in {wall:.2f} s")
     return Outcome(todo, skipped, count, time.perf_counter() - start)
@@ -195,7 +96,7 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
                 log: Callable[[str], None]) -> Outcome:
     """Run paired jobs base by base, matrix-major; write each job once all its matrices are done.
 
-    Every pairing is validated before any work. A job whose result fails the module's ``validate``
+    Every pairing is validated before any work. A job whose result fails the compute's ``validate``
     (e.g. a fine-tune of some other base) is not written; the others are, then the error is raised.
     """
     from subspace_atlas.pairs import pair_items
@@ -206,9 +107,10 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
     for job in todo:
         groups.setdefault(job.base_identity, []).append(job)
     for group in groups.values():
-        module, base = group[0].module, group[0].base
-        cross_tables = getattr(module, "CROSS_TABLES", ())
-        group_tables = getattr(module, "GROUP_TABLES", ())
+        spec, base = group[0].spec, group[0].base
+        module = analysis.compute_module(spec.NAME)
+        cross_tables = getattr(spec, "CROSS_TABLES", ())
+        group_tables = getattr(spec, "GROUP_TABLES", ())
         ordered = paired_members(group)  # a checkpoint's position here is its index in the work
         position = {(str(c.path), c.name): k for k, c in enumerate(ordered)}
 
@@ -224,7 +126,7 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
         if group_tables:
             extra["group"] = [index(c) for c in whole.group] if whole else []
         with tqdm(total=total, unit="pair", disable=None, file=sys.stderr, leave=False,
-                  desc=f"{module.NAME} vs {base.name}") as bar:
+                  desc=f"{spec.NAME} vs {base.name}") as bar:
             tables = module.compute(items, group[0].params, device, batch_bytes, cache=SvdCache(default_root()),
                                     progress=bar.update, **extra)
         wall = time.perf_counter() - t0
@@ -250,10 +152,10 @@ def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch
             if problem:
                 problems.append(f"{job.checkpoint.path} vs --base {base.path}: {problem}")
                 continue
-            mine = {name: _aliased(frame, getattr(module, "LABEL_ALIASES", {})) for name, frame in mine.items()}
-            store.write(module.NAME, job.fingerprint, mine, _provenance(job, device, wall / len(group), n))
+            mine = {name: _aliased(frame, getattr(spec, "LABEL_ALIASES", {})) for name, frame in mine.items()}
+            store.write(spec.NAME, job.fingerprint, mine, _provenance(job, device, wall / len(group), n))
             count += n
-        log(f"{module.NAME}: {len(group)} job(s) vs {base.name}: {total} matrix pairs in {wall:.2f} s")
+        log(f"{spec.NAME}: {len(group)} job(s) vs {base.name}: {total} matrix pairs in {wall:.2f} s")
     if problems:
         raise AtlasError("; ".join(problems))
     return Outcome(todo, skipped, count, time.perf_counter() - start)
@@ -273,7 +175,7 @@ def _run_runs(todo: list[Job], skipped: list[Job], store: Store, device: torch.d
     start, count = time.perf_counter(), 0
     plans = [(job, run_matrices(job)) for job in todo]
     for k, (job, items) in enumerate(plans, 1):
-        module, members = job.module, list(job.group)
+        spec, members = job.spec, list(job.group)
         t0 = time.perf_counter()
         if "gradients" in getattr(job.params, "of", ()):
             from subspace_atlas.probes.gradients import attach_gradients
@@ -281,13 +183,13 @@ def _run_runs(todo: list[Job], skipped: list[Job], store: Store, device: torch.d
             attach_gradients(items, members, job.params, device, log)
         steps = [c.step if c.step is not None else i for i, c in enumerate(members)]
         with tqdm(total=sum(len(i.loaders) for i in items), unit="matrix", disable=None, file=sys.stderr,
-                  leave=False, desc=f"{module.NAME} {members[0].run}") as bar:
-            tables = module.compute(items, job.params, steps, device, cache=SvdCache(default_root()),
-                                    progress=bar.update)
+                  leave=False, desc=f"{spec.NAME} {members[0].run}") as bar:
+            tables = analysis.compute_module(spec.NAME).compute(items, job.params, steps, device,
+                                                                cache=SvdCache(default_root()), progress=bar.update)
         labelled = label_run(tables, members)
         wall = time.perf_counter() - t0
         n = sum(len(i.loaders) for i in items)
-        store.write(module.NAME, job.fingerprint, labelled, _provenance(job, device, wall, n))
+        store.write(spec.NAME, job.fingerprint, labelled, _provenance(job, device, wall, n))
         count += n
         log(f"[{k}/{len(plans)}] {members[0].run}: {len(members)} checkpoints × {len(items)} matrices "
             f"in {wall:.2f} s")
@@ -442,5 +344,5 @@ def _provenance(job: Job, device: torch.device, wall: float, matrices: int) -> d
         "matrices": matrices,
         "wall_s": round(wall, 4),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "schema_version": job.module.SCHEMA_VERSION,
+        "schema_version": job.spec.SCHEMA_VERSION,
     }

@@ -12,7 +12,6 @@ Singular values come from one of two methods, both batched over same-shaped matr
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,18 +20,9 @@ import numpy as np
 import torch
 
 from subspace_atlas.errors import AtlasError
+from subspace_atlas.options import METHODS, check_device_spec
 
-METHODS = ("gram", "gram32", "svd")
 _BLOCK_BYTES = 32 << 20  # float64 bytes per block when accumulating a Gram matrix
-
-
-_DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-def check_device_spec(spec: str) -> None:
-    """Fail with one line unless ``spec`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whatever this machine has)."""
-    if not _DEVICE_SPEC.fullmatch(spec):
-        raise AtlasError(f"--device {spec}: expected auto, cpu or cuda[:N]")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -152,14 +152,17 @@ def _angles(store: Store) -> list[Section]:
 
 
 def _overlap(store: Store) -> list[Section]:
-    pairs = store.table_if_stored("overlap", "pairs")
+    # Only the pairs the figures draw (each checkpoint against the previous one), not every pair of a long run.
+    pairs = store.table_if_stored("overlap", "pairs", where={"previous": True, "side": "left"},
+                                  columns=["run", "step_a", "step_b", "tensor", "layer", "kind", "of", "side",
+                                           "previous", "overlap", "chance"])
     if pairs is None:
         return []
     convergence = store.table_if_stored("overlap", "convergence")
     sections = []
     for run, mine in pairs.groupby("run"):
         of = next(o for o in ("weights", "updates", "steps", "gradients") if o in set(mine["of"]))
-        view = mine[(mine["of"] == of) & (mine["side"] == "left")]
+        view = mine[mine["of"] == of]
         versus = charts.against_reference(view, "previous")
         figures = [charts.overlap_over_steps(versus, "previous"), charts.overlap_layer_step(versus, "previous")]
         if convergence is not None:

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from subspace_atlas import analysis, jobs
+from subspace_atlas import analysis, planning
 from subspace_atlas.adapters import LoraAdapter, is_adapter, recorded_base
 from subspace_atlas.checkpoints import Checkpoint, open_checkpoints, open_one
 from subspace_atlas.errors import AtlasError
@@ -91,7 +91,7 @@ def read_manifest(root: Path) -> dict:
     return data
 
 
-def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> list[tuple[str, list[jobs.Job]]]:
+def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> list[tuple[str, list[planning.Job]]]:
     """Every job the folder calls for, grouped as (what, jobs) in run order."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -101,12 +101,12 @@ def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> list[tuple[str, l
         raise AtlasError(f"--analyses: unknown {sorted(unknown)}; known: {', '.join(ALL)}")
     manifest = read_manifest(root)
     found = discover(root, {root / s for s in manifest.get("skip", [])})
-    groups: list[tuple[str, list[jobs.Job]]] = []
+    groups: list[tuple[str, list[planning.Job]]] = []
 
     def add(what: str, name: str, *args, **kwargs) -> None:
         if name in analyses:
-            module = analysis.get(name)
-            groups.append((what, jobs.plan(module, *args, params=module.Params(), **kwargs)))
+            spec = analysis.SPECS[name]
+            groups.append((what, planning.plan(spec, *args, params=spec.Params(), **kwargs)))
 
     if found.models:
         add(f"spectra of {len(found.models)} checkpoint(s)", "spectra", found.models)
@@ -131,10 +131,10 @@ def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> list[tuple[str, l
     return groups
 
 
-def describe(groups: list[tuple[str, list[jobs.Job]]], store: Store) -> list[str]:
+def describe(groups: list[tuple[str, list[planning.Job]]], store: Store) -> list[str]:
     """One line per planned group: how many of its jobs the store already holds."""
     lines = []
     for what, planned in groups:
-        held = sum(store.has(j.module.NAME, j.fingerprint) for j in planned)
+        held = sum(store.has(j.spec.NAME, j.fingerprint) for j in planned)
         lines.append(f"{what}: {len(planned)} job(s), {held} stored, {len(planned) - held} to compute")
     return lines

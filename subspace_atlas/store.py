@@ -1,15 +1,19 @@
-"""The Parquet result store: one file per job and table, written atomically, skipped when present.
+"""The Parquet result store: one job's tables become visible together, atomically; nothing half-written is read.
 
 Layout under ``root``, a local folder or an fsspec URL (``s3://bucket/prefix``, ``gs://…``, ``memory://…``)::
 
-    <analysis>/<table>/part-<fingerprint>.parquet   the job's rows of that table
-    <analysis>/_jobs/<fingerprint>.json             the job's provenance; written last
+    <analysis>/_jobs/<fingerprint>.json               the job's manifest: provenance, and the file of each table
+    <analysis>/<table>/part-<fingerprint>-<w>.parquet one write of the job's rows of that table (w: a fresh token)
+    <analysis>/<table>/compact-<id>.parquet           many jobs' rows, tagged by a ``_job`` column (``compact``)
 
-A job counts as stored only once its manifest exists, and readers only read parts whose manifest
-exists, so a job killed at any point leaves nothing visible. Every file appears whole or not at
-all: on a local disk it is written to a hidden temporary name and renamed; on an object store it is
-one PUT, which the store publishes only once complete. Provenance (params, inputs, versions, device,
-wall time) is in each manifest and in every Parquet file's schema metadata under ``subspace_atlas``.
+The manifest is the truth: a job counts as stored once its manifest exists, and a reader reads exactly the
+files its manifest names (stores written before manifests named their files use ``part-<fingerprint>.parquet``).
+Every file appears whole or not at all: on a local disk it is written to a hidden temporary name and
+renamed; on an object store it is one PUT. A rewrite (``--force``) writes new files under a new token and
+then swaps the manifest, so a kill at any point leaves the old job or the new one, never a mix; files no
+manifest names are removed afterwards. Each manifest also records, per table, the columns that hold one
+value in all of the job's rows (``constants``), which lets a reader skip jobs a filter excludes without
+opening them. Reading is in ``subspace_atlas.query``; merging small parts in ``subspace_atlas.compaction``.
 
 Object stores take their credentials and endpoint the usual way (``AWS_*`` variables, ``~/.aws``,
 ``GOOGLE_APPLICATION_CREDENTIALS``; an S3-compatible server through ``AWS_ENDPOINT_URL`` or
@@ -26,10 +30,12 @@ import os
 import posixpath
 import re
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,6 +66,26 @@ def is_url(root: str | os.PathLike) -> bool:
     return bool(_PROTOCOL.match(str(root))) and not str(root).startswith("file://")
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """One stored job: its manifest's content and where its tables' rows are."""
+
+    analysis: str
+    fingerprint: str
+    content: dict
+
+    def file(self, table: str) -> str | None:
+        """The file (a name inside ``<analysis>/<table>/``) holding this job's rows of ``table``; None if it has none."""
+        files = self.content.get("files")
+        if files is not None:
+            return files.get(table)
+        return f"part-{self.fingerprint}.parquet" if table in self.content.get("tables", {}) else None
+
+    def constants(self, table: str) -> dict:
+        """Columns of ``table`` that hold one value in every row of this job (empty when not recorded)."""
+        return self.content.get("constants", {}).get(table, {})
+
+
 class Store:
     """Parquet tables under a folder or URL; ``Store(root).table("spectra", "matrices")`` is a DataFrame."""
 
@@ -74,12 +100,26 @@ class Store:
             self.root = str(Path(str(root).removeprefix("file://")).expanduser())
             self.fs, self._base = LocalFileSystem(), self.root
         self.local = isinstance(self.fs, LocalFileSystem)
+        self.unreadable: dict[str, str] = {}  # files found broken while reading: path → why
 
     def __repr__(self) -> str:
         return f"Store({self.root!r})"
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self._base, *parts)
+
+    def relative(self, path: str) -> str:
+        """A path within the store's filesystem, relative to the store (for messages that name no server path)."""
+        return posixpath.relpath(path, self._base) if path.startswith(self._base) else posixpath.basename(path)
+
+    def explain(self, err: BaseException) -> str:
+        """An error's first line, with paths shown relative to the store (a visitor never sees server paths)."""
+        line = (str(err).splitlines() or [""])[0] or type(err).__name__
+        return line.replace(self._base.rstrip("/") + "/", "")
+
+    def table_path(self, analysis: str, table: str, file: str) -> str:
+        """A table file's path within the store's filesystem."""
+        return self._path(_valid(analysis), _valid(table), _valid(file))
 
     def _manifest(self, analysis: str, fp: str) -> str:
         return self._path(_valid(analysis), JOBS, f"{_valid(fp)}.json")
@@ -94,43 +134,106 @@ class Store:
         if self.local and os.path.exists(self.root) and not os.path.isdir(self.root):
             raise AtlasError(f"--store {self.root}: exists and is not a folder")
 
-    def has(self, analysis: str, fp: str) -> bool:
-        """Whether the job with this fingerprint is fully stored."""
+    def exists(self) -> bool:
+        """Whether there is anything at the store's root (a mistyped path is not a store)."""
         self._fresh()
-        return self.fs.isfile(self._manifest(analysis, fp))
+        return self.fs.exists(self._base)
+
+    def has(self, analysis: str, fp: str) -> bool:
+        """Whether the job with this fingerprint is fully stored (a manifest that does not read counts as absent,
+        so a rerun computes the job again)."""
+        return self.manifest(analysis, fp) is not None
 
     def write(self, analysis: str, fp: str, tables: dict[str, pd.DataFrame], provenance: dict) -> None:
-        """Store one job's tables, then its manifest; each file appears whole or not at all."""
+        """Store one job's tables under fresh names, then its manifest naming them; then drop what it replaced."""
         meta = json.dumps({**provenance, "fingerprint": fp, "analysis": analysis}, default=str)
+        token = uuid.uuid4().hex[:8]
+        files, constants = {}, {}
         for name, frame in tables.items():
             table = pa.Table.from_pandas(frame, preserve_index=False)
             table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: meta.encode()})
-            buffer = io.BytesIO()
-            pq.write_table(table, buffer, compression="zstd")
-            self._put(self._path(_valid(analysis), _valid(name), f"part-{_valid(fp)}.parquet"), buffer.getvalue())
-        manifest = json.loads(meta) | {"tables": {k: len(v) for k, v in tables.items()}}
-        self._put(self._manifest(analysis, fp), json.dumps(manifest, indent=1, default=str).encode())
+            files[name] = f"part-{_valid(fp)}-{token}.parquet"
+            self.put(self.table_path(analysis, name, files[name]), parquet_bytes(table))
+            constants[name] = constant_columns(frame)
+        old = self.manifest(analysis, fp)
+        manifest = json.loads(meta) | {"tables": {k: len(v) for k, v in tables.items()}, "files": files,
+                                       "constants": constants}
+        self.put_manifest(analysis, fp, manifest)
+        if old is not None:
+            self.remove_unnamed(analysis, {t: old.file(t) for t in old.content.get("tables", {})}, keep=files)
 
-    def _put(self, path: str, data: bytes) -> None:
+    def put(self, path: str, data: bytes) -> None:
+        """Write one file whole or not at all."""
         if self.local:
             atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
         else:  # one PUT: an object store shows the object only once it is complete
             self.fs.pipe_file(path, data)
 
-    def delete(self, analysis: str, fp: str) -> None:
-        """Remove one job: its manifest first (the job vanishes at once), then its parts."""
+    def write_through(self, path: str, write: Callable[[str], None]) -> None:
+        """Write one file by ``write(where)`` (a path on this store's filesystem), whole or not at all."""
+        if self.local:
+            atomic_write(Path(path), write)
+        else:  # an upload is published only once it completes
+            write(path)
+
+    def files(self, analysis: str) -> dict[str, dict]:
+        """Every file under ``<analysis>/`` (hidden temporaries too), with its info (size, mtime …)."""
         self._fresh()
-        manifest = self._manifest(analysis, fp)
-        if self.fs.exists(manifest):
-            self.fs.rm(manifest)
-        for part in self.fs.glob(self._path(_valid(analysis), "*", f"part-{_valid(fp)}.parquet")):
-            self.fs.rm(part)
+        found = self.fs.find(self._path(_valid(analysis)), detail=True)
+        return {path: info for path, info in found.items() if info.get("type") == "file"}
+
+    def put_manifest(self, analysis: str, fp: str, content: dict) -> None:
+        """Write a job's manifest (the moment the job, or its new files, become visible)."""
+        self.put(self._manifest(analysis, fp), json.dumps(content, indent=1, default=str).encode())
+
+    def remove_unnamed(self, analysis: str, files: dict[str, str | None], keep: dict[str, str]) -> None:
+        """Remove per-job part files a manifest no longer names (compacted files are shared: they stay)."""
+        for table, file in files.items():
+            if file and file.startswith("part-") and keep.get(table) != file:
+                path = self.table_path(analysis, table, file)
+                if self.fs.exists(path):
+                    self.fs.rm(path)
+
+    def delete(self, analysis: str, fp: str) -> None:
+        """Remove one job: its manifest first (the job vanishes at once), then its own part files."""
+        old = self.manifest(analysis, fp)
+        if old is None:
+            return
+        self.fs.rm(self._manifest(analysis, fp))
+        self.remove_unnamed(analysis, {t: old.file(t) for t in old.content.get("tables", {})}, keep={})
+
+    def manifest(self, analysis: str, fp: str) -> Manifest | None:
+        """One job's manifest, or None when the job is not stored."""
+        self._fresh()
+        path = self._manifest(analysis, fp)
+        try:
+            return Manifest(analysis, fp, _manifest_content(self.fs.cat_file(path)))
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        except ValueError as err:  # unreadable: the job is not stored (a rerun writes it anew)
+            self.unreadable[path] = self.explain(err)
+            return None
 
     def _manifests(self, analysis: str = "*") -> dict[str, dict]:
         """Every job manifest (of one analysis or all) with its file info, by path."""
         self._fresh()
         pattern = self._path(analysis if analysis == "*" else _valid(analysis), JOBS, "*.json")
-        return dict(sorted(self.fs.glob(pattern, detail=True).items()))
+        return dict(sorted((p, i) for p, i in self.fs.glob(pattern, detail=True).items() if i.get("type") == "file"))
+
+    def catalog(self, analysis: str = "*") -> list[Manifest]:
+        """Every stored job's manifest (of one analysis or all), in fingerprint order, read in one batch."""
+        paths = list(self._manifests(analysis))
+        blobs = self.fs.cat(paths, on_error="return") if paths else {}
+        found = []
+        for path in paths:
+            try:
+                content = _manifest_content(blobs[path])
+            except (OSError, ValueError) as err:  # truncated or corrupt: skipped, and named in ``unreadable``
+                self.unreadable[path] = self.explain(err)
+                continue
+            found.append(Manifest(posixpath.basename(posixpath.dirname(posixpath.dirname(path))),
+                                  posixpath.basename(path).removesuffix(".json"), content))
+        return found
 
     def analyses(self) -> list[str]:
         """Analyses with at least one stored job."""
@@ -138,52 +241,69 @@ class Store:
 
     def jobs(self, analysis: str | None = None) -> pd.DataFrame:
         """One row per stored job: its manifest (analysis, fingerprint, inputs, device, wall time, …)."""
-        paths = list(self._manifests(analysis or "*"))
-        blobs = self.fs.cat(paths) if paths else {}
-        return pd.DataFrame([json.loads(blobs[p]) for p in paths])
+        return pd.DataFrame([m.content for m in self.catalog(analysis or "*")])
 
     def parts(self, analysis: str, table: str) -> list[str]:
-        """The Parquet files of one table that belong to fully stored jobs (paths within the store's filesystem)."""
-        done = {posixpath.basename(p).removesuffix(".json") for p in self._manifests(analysis)}
-        found = self.fs.glob(self._path(_valid(analysis), _valid(table), "part-*.parquet"))
-        return sorted(p for p in found if posixpath.basename(p)[len("part-"):-len(".parquet")] in done)
+        """The Parquet files holding stored jobs' rows of one table (paths within the store's filesystem)."""
+        return sorted({self.table_path(analysis, table, f) for m in self.catalog(analysis) if (f := m.file(table))})
 
-    def table(self, analysis: str, table: str, where: dict[str, object] | None = None) -> pd.DataFrame:
-        """All stored rows of one table, concatenated; ``where`` keeps rows whose columns equal its values.
-
-        Filtering happens while reading (row groups and rows that do not match are never converted),
-        so a dashboard can read one matrix's rows out of a large table cheaply.
-        """
-        found = self.table_if_stored(analysis, table, where)
+    def table(self, analysis: str, table: str, where: dict[str, object] | None = None,
+              columns: list[str] | None = None) -> pd.DataFrame:
+        """Stored rows of one table across every job; ``where`` keeps rows whose columns equal its values
+        (a list: any of them), ``columns`` reads only those. Raises when no stored job wrote the table."""
+        found = self.table_if_stored(analysis, table, where, columns)
         if found is None:
             raise AtlasError(f"{self.root}: no {analysis}/{table} results stored")
         return found
 
-    def table_if_stored(self, analysis: str, table: str,
-                        where: dict[str, object] | None = None) -> pd.DataFrame | None:
-        """``table``, or None when no stored job wrote that table (one listing either way)."""
-        parts = self.parts(analysis, table)
-        if not parts:
-            return None
-        filters = [(column, "==", value) for column, value in (where or {}).items()] or None
-        filesystem = None if self.local else self.fs
+    def table_if_stored(self, analysis: str, table: str, where: dict[str, object] | None = None,
+                        columns: list[str] | None = None) -> pd.DataFrame | None:
+        """``table``, or None when no stored job wrote that table. One scan over the files, filters pushed down."""
+        from subspace_atlas import query
 
-        def read(path: str) -> pd.DataFrame:
-            return pq.read_table(path, filters=filters, filesystem=filesystem).to_pandas()
+        found = query.scan(self, analysis, table, where=where, columns=columns)
+        return None if found is None else found.to_pandas()
 
-        if self.local:
-            frames = [read(p) for p in parts]
-        else:  # an object store answers slowly but in parallel
-            with ThreadPoolExecutor(max_workers=16) as pool:
-                frames = list(pool.map(read, parts))
-        kept = [f for f in frames if len(f)] or frames[:1]
-        return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
-
-    def version(self) -> tuple:
-        """Changes whenever a job is added or rewritten: a cache key for readers."""
+    def version(self) -> str:
+        """Changes whenever a job is added, rewritten or compacted: a short cache key for readers."""
         stamp = ("mtime", "ETag", "etag", "md5Hash", "LastModified", "updated", "created")
-        return tuple((path, info.get("size"), str(next((info[k] for k in stamp if info.get(k)), "")))
-                     for path, info in self._manifests().items())
+        listing = [(path, info.get("size"), str(next((info[k] for k in stamp if info.get(k)), "")))
+                   for path, info in self._manifests().items()]
+        return hashlib.sha256(repr(listing).encode()).hexdigest()[:16] if listing else ""
+
+
+def _manifest_content(blob: bytes | Exception) -> dict:
+    """A manifest's JSON object; ValueError when it is not one (truncated, corrupt, not an object)."""
+    if isinstance(blob, Exception):
+        raise blob
+    try:
+        content = json.loads(blob)
+    except RecursionError as err:
+        raise ValueError("JSON nested too deeply") from err
+    if not isinstance(content, dict) or not isinstance(content.get("tables", {}), dict):
+        raise ValueError("not a job manifest")
+    return content
+
+
+def parquet_bytes(table: pa.Table, row_group_size: int = 1 << 17) -> bytes:
+    """A table as zstd Parquet bytes, in row groups small enough that filters can skip most of a large part."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", row_group_size=row_group_size)
+    return buffer.getvalue()
+
+
+def constant_columns(frame: pd.DataFrame) -> dict[str, object]:
+    """The columns holding one non-null scalar in every row (strings, integers, booleans, finite floats)."""
+    found = {}
+    for column in frame.columns:
+        values = frame[column]
+        if not len(values) or values.dtype == object and not isinstance(values.iloc[0], str):
+            continue
+        first = values.iloc[0]
+        if isinstance(first, (str, bool, int, float, np.generic)) and not pd.isna(first):
+            if (values == first).all():
+                found[str(column)] = first.item() if isinstance(first, np.generic) else first
+    return found
 
 
 def _valid(name: str) -> str:

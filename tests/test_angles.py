@@ -13,13 +13,14 @@ from subspace_atlas.adapters import LoraUpdate
 from subspace_atlas.analysis import angles
 from subspace_atlas.checkpoints import TensorInfo
 from subspace_atlas.pairs import PairedMatrix
+from subspace_atlas.specs.angles import Params
 from subspace_atlas.store import Store
 
 pytestmark = pytest.mark.unit
 NAME = "layers.0.self_attn.q_proj.weight"
 
 
-def run(w0: torch.Tensor, updates: list, params=angles.Params(), pairs=((0, 1),), group=(0, 1)):
+def run(w0: torch.Tensor, updates: list, params=Params(), pairs=((0, 1),), group=(0, 1)):
     info = TensorInfo(NAME, tuple(w0.shape), "float64")
     tuned = [(k, (lambda u=u: u if isinstance(u, LoraUpdate) else w0 + u)) for k, u in enumerate(updates)]
     item = PairedMatrix(info, "key", lambda: w0, tuned)
@@ -40,7 +41,7 @@ def planted(m=60, n=50, k=4, thetas=(0.0, 0.3, 0.9, 1.4), seed=0):
 def test_planted_principal_angles_recovered_and_match_scipy():
     da, db, qa, qb, _ = planted()
     w0 = torch.tensor(np.random.default_rng(1).standard_normal((60, 50)))
-    pairs = run(w0, [torch.tensor(da), torch.tensor(db)], angles.Params(k=4))["pairs"]
+    pairs = run(w0, [torch.tensor(da), torch.tensor(db)], Params(k=4))["pairs"]
     left = pairs[pairs["side"] == "left"].iloc[0]
     np.testing.assert_allclose(np.radians(left["angles"]), [0.0, 0.3, 0.9, 1.4], atol=1e-5)
     np.testing.assert_allclose(np.sort(np.radians(left["angles"])), np.sort(scipy.linalg.subspace_angles(qa, qb)),
@@ -55,17 +56,17 @@ def test_invariant_to_sign_and_to_rotations_within_the_subspace():
     da, db, qa, qb, v = planted()
     w0 = torch.zeros(60, 50, dtype=torch.float64)
     rot, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((4, 4)))
-    one = run(w0, [torch.tensor(da), torch.tensor(db)], angles.Params(k=4))["pairs"]
+    one = run(w0, [torch.tensor(da), torch.tensor(db)], Params(k=4))["pairs"]
     # -ΔW_a, and ΔW_b written with a rotated basis of the same subspace and another spectrum.
     other = run(w0, [torch.tensor(-da), torch.tensor((qb @ rot) @ np.diag([9.0, 7, 5, 3]) @ v.T)],
-                angles.Params(k=4))["pairs"]
+                Params(k=4))["pairs"]
     np.testing.assert_allclose(np.stack(one["angles"]), np.stack(other["angles"]), atol=1e-4)  # degrees
 
 
 def test_k_larger_than_the_rank_is_capped_and_reported():
     da, db, *_ = planted()
     w0 = torch.zeros(60, 50, dtype=torch.float64)
-    tables = run(w0, [torch.tensor(da), torch.tensor(db)], angles.Params(k=16))
+    tables = run(w0, [torch.tensor(da), torch.tensor(db)], Params(k=16))
     tasks = tables["tasks"]
     assert set(tasks["k"]) == {4} and set(tasks["rank"]) == {4} and set(tasks["k_requested"]) == {16}
     assert set(tables["pairs"]["k"]) == {4} and all(len(a) == 4 for a in tables["pairs"]["angles"])
@@ -74,7 +75,7 @@ def test_k_larger_than_the_rank_is_capped_and_reported():
 def test_energy_rule_picks_the_fewest_vectors():
     da, db, *_ = planted()
     w0 = torch.zeros(60, 50, dtype=torch.float64)
-    tasks = run(w0, [torch.tensor(da), torch.tensor(db)], angles.Params(energy=0.6))["tasks"]
+    tasks = run(w0, [torch.tensor(da), torch.tensor(db)], Params(energy=0.6))["tasks"]
     s2 = np.array([25.0, 16, 9, 4])
     expected = int(np.searchsorted(np.cumsum(s2) / s2.sum(), 0.6) + 1)
     assert tasks.loc[tasks["job"] == 0, "k"].iloc[0] == expected
@@ -85,7 +86,7 @@ def test_factored_lora_path_equals_the_dense_path():
     w0 = torch.randn(70, 40, generator=gen, dtype=torch.float64)
     loras = [LoraUpdate(torch.randn(70, 6, generator=gen, dtype=torch.float64),
                         torch.randn(6, 40, generator=gen, dtype=torch.float64), 0.5) for _ in range(2)]
-    params = angles.Params(k=5)
+    params = Params(k=5)
     fact = run(w0, loras, params)
     dense = run(w0, [u.dense(torch.float64) for u in loras], params)
     assert fact["tasks"]["factored"].all() and not dense["tasks"]["factored"].any()
@@ -101,7 +102,7 @@ def test_sar_interference_and_base_alignment_against_numpy():
     rng = np.random.default_rng(4)
     w0 = rng.standard_normal((30, 20))
     da, db = rng.standard_normal((30, 20)) * 0.1, rng.standard_normal((30, 20)) * 0.1
-    tables = run(torch.tensor(w0), [torch.tensor(da), torch.tensor(db)], angles.Params(k=3, side="left"))
+    tables = run(torch.tensor(w0), [torch.tensor(da), torch.tensor(db)], Params(k=3, side="left"))
     total = da + db
     u, s, _ = np.linalg.svd(total)
     k = int(np.argmax(np.sqrt(np.cumsum(s**2) / np.sum(s**2)) >= 0.95)) + 1
@@ -158,6 +159,6 @@ def test_cli_tasks_pairs_and_alignment_with_new_tasks_incremental(tmp_path, caps
 
 def test_params_reject_nonsense():
     with pytest.raises(ValueError):
-        angles.Params(k=0)
+        Params(k=0)
     with pytest.raises(ValueError):
-        angles.Params(energy=1.5)
+        Params(energy=1.5)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import toy_checkpoints as toy
-from subspace_atlas.analysis import spectra
 from subspace_atlas.checkpoints import open_checkpoints
 from subspace_atlas.cli import main
 from subspace_atlas.naming import classify
+from subspace_atlas.specs import spectra
 from subspace_atlas.store import META_KEY, Store
 
 pytestmark = pytest.mark.integration
@@ -121,7 +121,7 @@ def test_spectra_on_a_run_folder_then_info(tmp_path, capsys):
 
     rc, out, err = cli(capsys, "info", "--store", store_dir)
     assert rc == 0, err
-    assert out.strip() == "spectra: 2 job(s) over 2 checkpoint(s): run/checkpoint-1000, run/checkpoint-500"
+    assert out.strip() == "spectra: 2 job(s) over 2 checkpoint(s), 4 file(s): run/checkpoint-1000, run/checkpoint-500"
 
 
 def test_info_on_an_empty_store(tmp_path, capsys):
@@ -145,7 +145,7 @@ def test_provenance_of_a_cli_job(tmp_path, capsys, tiny_model):
     assert prov["versions"]["torch"] == torch.__version__
     assert prov["device"] == "cpu"
     assert prov["matrices"] == 4 and prov["wall_s"] >= 0
-    assert part.rsplit("/", 1)[1] == f"part-{prov['fingerprint']}.parquet"
+    assert part.rsplit("/", 1)[1].startswith(f"part-{prov['fingerprint']}-")
     job = store.jobs("spectra").iloc[0]
     assert job["fingerprint"] == prov["fingerprint"] and job["inputs"] == prov["inputs"]
     assert job["tables"] == {"matrices": 4, "values": 32 + 32 + 32 + 32}
@@ -170,8 +170,10 @@ def test_rerun_skips_and_force_recomputes(tmp_path, capsys):
     assert rc == 0
     assert out.startswith("spectra: computed 2 job(s), 20 matrices")
     forced = snapshot(store_dir)
-    assert forced.keys() == first.keys()
-    for key in first:
+    parts, new_parts = ({k for k in files if k.endswith(".parquet")} for files in (first, forced))
+    assert forced.keys() - new_parts == first.keys() - parts  # the same manifests …
+    assert len(new_parts) == 4 and not new_parts & parts  # … naming new files; the replaced ones are gone
+    for key in first.keys() - parts:
         assert forced[key][2] != first[key][2], f"{key} was not rewritten"
     for name, before in tables.items():  # recomputed, the same numbers
         pd.testing.assert_frame_equal(Store(store_dir).table("spectra", name), before)
@@ -384,7 +386,7 @@ def test_name_equals_path_names_the_checkpoint(tmp_path, capsys, tiny_model):
     assert rc == 0, err
     assert set(Store(store_dir).table("spectra", "matrices")["checkpoint"]) == {"base"}
     rc, out, _ = cli(capsys, "info", "--store", store_dir)
-    assert out.strip() == "spectra: 1 job(s) over 1 checkpoint(s): base"
+    assert out.strip() == "spectra: 1 job(s) over 1 checkpoint(s), 2 file(s): base"
 
 
 def test_identical_final_model_and_last_checkpoint_both_stored(tmp_path, capsys):

@@ -50,7 +50,7 @@ def test_scan_on_cuda_equals_scan_on_cpu(folder, tmp_path, capsys):
     worst = {}
     for name in cpu.analyses():
         assert (gpu.jobs(name)["device"].str.startswith("cuda")).all(), name
-        for table in analysis.get(name).TABLES:
+        for table in analysis.SPECS[name].TABLES:
             left, right = cpu.table_if_stored(name, table), gpu.table_if_stored(name, table)
             assert (left is None) == (right is None), (name, table)
             if left is None:

@@ -19,7 +19,7 @@ from subspace_atlas.store import Store  # noqa: E402
 pytestmark = pytest.mark.integration
 folder = test_scan.folder  # a base, a run, LoRA adapters, a full fine-tune and an atlas-scan.json
 cli, snapshot = test_cli.cli, test_cli.snapshot
-PROVENANCE = ["device_name", "threads", "wall_s", "created"]  # where and how long, not what was computed
+PROVENANCE = ["device_name", "threads", "wall_s", "created", "files"]  # where, how long and which file: not what
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,7 +44,7 @@ def assert_same_results(local, remote) -> None:
         ja, jb = (s.jobs(name).sort_values("fingerprint", ignore_index=True) for s in (a, b))
         assert (jb["device"] == "cpu").all()
         pd.testing.assert_frame_equal(ja.drop(columns=PROVENANCE), jb.drop(columns=PROVENANCE))
-        for table in analysis.get(name).TABLES:
+        for table in analysis.SPECS[name].TABLES:
             left, right = a.table_if_stored(name, table), b.table_if_stored(name, table)
             assert (left is None) == (right is None), (name, table)
             if left is not None:

@@ -11,8 +11,8 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import save_file  # noqa: E402
 
 from subspace_atlas import cli, zoo  # noqa: E402
-from subspace_atlas.analysis import overlap  # noqa: E402
 from subspace_atlas.probes.recorder import GradientSubspaceCallback, GradientSubspaceRecorder  # noqa: E402
+from subspace_atlas.specs import overlap  # noqa: E402
 from subspace_atlas.store import Store  # noqa: E402
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,13 @@ from subspace_atlas.adapters import LoraUpdate
 from subspace_atlas.analysis import intruders
 from subspace_atlas.checkpoints import TensorInfo
 from subspace_atlas.pairs import PairedMatrix
+from subspace_atlas.specs.intruders import Params
 
 pytestmark = pytest.mark.unit
 NAME = "layers.0.mlp.up_proj.weight"
 
 
-def run_one(w0: torch.Tensor, tuned, params=intruders.Params(), **kw) -> dict:
+def run_one(w0: torch.Tensor, tuned, params=Params(), **kw) -> dict:
     info = TensorInfo(NAME, tuple(w0.shape), "float64")
     item = PairedMatrix(info, "key", lambda: w0, [(0, lambda: tuned)])
     return intruders.compute([item], params, workers=1, **kw)
@@ -33,7 +34,7 @@ def numpy_reference(w0: np.ndarray, w: np.ndarray, k: int = 10):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_planted_intruders_exact_count_rank_and_match(dtype):
     w0, w, expected = toy.planted_intruders()
-    tables = run_one(w0, w, intruders.Params(svd_dtype=dtype))
+    tables = run_one(w0, w, Params(svd_dtype=dtype))
     vec = tables["vectors"].set_index("index")
     assert list(vec.index[vec["is_intruder"]]) == [2, 5, 8]
     for rank, (cos, match) in expected.items():
@@ -48,7 +49,7 @@ def test_planted_intruders_exact_count_rank_and_match(dtype):
 
 def test_right_side_is_the_left_side_of_the_transpose():
     w0, w, _ = toy.planted_intruders()
-    both = run_one(w0.T.contiguous(), w.T.contiguous(), intruders.Params(side="both", svd_dtype="float64"))
+    both = run_one(w0.T.contiguous(), w.T.contiguous(), Params(side="both", svd_dtype="float64"))
     right = both["vectors"][both["vectors"]["side"] == "right"]
     assert list(right.loc[right["is_intruder"], "index"]) == [2, 5, 8]
     left = both["vectors"][both["vectors"]["side"] == "left"]
@@ -57,7 +58,7 @@ def test_right_side_is_the_left_side_of_the_transpose():
 
 def test_mitigation_quantities_match_the_matrix_built_by_hand():
     w0, w, _ = toy.planted_intruders()
-    params = intruders.Params(svd_dtype="float64", mitigation_lambda=0.6)
+    params = Params(svd_dtype="float64", mitigation_lambda=0.6)
     row = run_one(w0, w, params)["matrices"].iloc[0]
     u, s, vh, max_cos, _ = numpy_reference(w0.numpy(), w.numpy())
     idx = np.where(max_cos < 0.5)[0]
@@ -79,7 +80,7 @@ def test_factored_lora_path_matches_numpy_on_the_merged_matrix(monkeypatch):
     w0 = torch.tensor(gen.standard_normal((rows, cols)) * np.linspace(2, 0.2, cols))
     left, right = torch.tensor(gen.standard_normal((rows, r))), torch.tensor(gen.standard_normal((r, cols)))
     update = LoraUpdate(left, right, scale=0.8)
-    params = intruders.Params(svd_dtype="float64", side="both", spectrum_top=20)
+    params = Params(svd_dtype="float64", side="both", spectrum_top=20)
     tables = run_one(w0, update, params)
     matrix = tables["matrices"].iloc[0]
     assert matrix["method"] == "factored" and matrix["lora_rank"] == r
@@ -108,7 +109,7 @@ def test_factored_lora_path_matches_numpy_on_the_merged_matrix(monkeypatch):
 
 def test_similarity_table_is_the_top_k_by_top_n_block():
     w0, w, _ = toy.planted_intruders()
-    sim = run_one(w0, w, intruders.Params(svd_dtype="float64", similarity_top=12))["similarity"]
+    sim = run_one(w0, w, Params(svd_dtype="float64", similarity_top=12))["similarity"]
     u, _, _, _, _ = numpy_reference(w0.numpy(), w.numpy())
     u0 = np.linalg.svd(w0.numpy(), full_matrices=False)[0]
     grid = sim.pivot(index="index", columns="base_index", values="cos").to_numpy()
@@ -117,6 +118,6 @@ def test_similarity_table_is_the_top_k_by_top_n_block():
 
 def test_params_reject_nonsense():
     with pytest.raises(ValueError):
-        intruders.Params(epsilon=(0.5, 1.5))
+        Params(epsilon=(0.5, 1.5))
     with pytest.raises(ValueError):
-        intruders.Params(top_k=0)
+        Params(top_k=0)

@@ -14,6 +14,7 @@ import toy_checkpoints as toy  # noqa: E402
 from subspace_atlas import cli  # noqa: E402
 from subspace_atlas.analysis import overlap  # noqa: E402
 from subspace_atlas.linalg import TopSvd, top_svd  # noqa: E402
+from subspace_atlas.specs.overlap import Params  # noqa: E402
 from subspace_atlas.store import Store  # noqa: E402
 
 
@@ -123,7 +124,7 @@ def test_energy_picks_the_fewest_vectors_holding_that_share():
     mat, _, _ = planted(300, 200, sigma)
     share = np.cumsum(sigma**2) / np.sum(sigma**2)
     for energy in (0.5, 0.9, 0.99, 0.999):
-        found = overlap.top_subspace(mat, overlap.Params(k=2, energy=energy))
+        found = overlap.top_subspace(mat, Params(k=2, energy=energy))
         assert found.s.numel() == int(np.searchsorted(share, energy - 1e-12) + 1)
 
 

@@ -13,9 +13,10 @@ pytest.importorskip("transformer_lens")
 from subspace_atlas import cli, zoo  # noqa: E402
 from subspace_atlas.probes import ioi, patching  # noqa: E402
 from subspace_atlas.probes import toy_illusion as toy  # noqa: E402
+from subspace_atlas.specs.patching import VERDICTS, Params  # noqa: E402
 from subspace_atlas.store import Store  # noqa: E402
 
-PARAMS = patching.Params()
+PARAMS = Params()
 
 
 # ---------------------------------------------------------------- the toy: known answers
@@ -130,7 +131,7 @@ def test_cli_stores_effects_skips_reruns_and_refuses_bad_input(ioi_model, tmp_pa
     assert cli.main(args) == 0
     effects = Store(store).table("patching", "effects")
     assert len(effects) == 2 * 2 * 4  # sites × methods × (activation, full, row, null)
-    assert set(effects["verdict"]) <= set(patching.VERDICTS)
+    assert set(effects["verdict"]) <= set(VERDICTS)
     assert effects["clean_accuracy"].between(0, 1).all()
     assert {"model", "task", "site", "layer", "method", "component", "fldd", "accuracy", "logit_diff",
             "variance_on_data", "verdict"} <= set(effects.columns)

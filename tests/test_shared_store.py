@@ -6,9 +6,7 @@ whole or not at all, and a job whose writer died leaves nothing a reader counts.
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -19,39 +17,11 @@ import pytest
 
 from subspace_atlas.cli import main
 from subspace_atlas.errors import AtlasError
+from conftest import BUCKET
 from subspace_atlas.store import Store, is_url
 from test_store import kill_mid_write
 
 pytestmark = pytest.mark.integration
-
-BUCKET = "atlas"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on a free local port, with the environment pointing boto at it; yields the s3fs."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir(BUCKET)
-    try:
-        yield fs
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def _frame(n: int, shift: float = 0.0) -> pd.DataFrame:
@@ -82,9 +52,10 @@ def test_s3_store_reads_back_what_a_local_store_holds(s3, tmp_path):
         pd.testing.assert_frame_equal(remote.table(analysis, table), local.table(analysis, table))
     pd.testing.assert_frame_equal(remote.table("spectra", "matrices", {"checkpoint": "c1"}),
                                   local.table("spectra", "matrices", {"checkpoint": "c1"}))
-    pd.testing.assert_frame_equal(remote.jobs(), local.jobs())
+    same = [c for c in local.jobs().columns if c != "files"]  # part names carry a random token
+    pd.testing.assert_frame_equal(remote.jobs()[same], local.jobs()[same])
     before = remote.version()
-    assert len(before) == 3
+    assert before
     remote.write("spectra", "fp4", {"matrices": _frame(1)}, {})
     assert remote.version() != before
     remote.delete("spectra", "fp4")
@@ -142,17 +113,15 @@ _WRITER = textwrap.dedent("""
 
 def test_sigkill_mid_upload_leaves_no_half_written_object(s3):
     url = f"s3://{BUCKET}/killed"
-    landed = f"{BUCKET}/killed/spectra/matrices/part-unfinished.parquet"
-
     def uploaded() -> bool:  # the job's first table is up; ~10 MB objects are being uploaded
         s3.invalidate_cache()
-        return s3.exists(landed)
+        return bool(s3.glob(f"{BUCKET}/killed/spectra/matrices/part-unfinished-*.parquet"))
 
     kill_mid_write([sys.executable, "-c", _WRITER, url], uploaded, grace=0.3, limit=60)
 
     s3.invalidate_cache()
     objects = s3.find(f"{BUCKET}/killed")
-    assert landed in objects  # the killed job really had objects up …
+    assert uploaded()  # the killed job really had objects up …
     for path in objects:  # … each one whole
         if path.endswith(".parquet"):
             assert pq.read_metadata(s3.open(path, "rb")).num_rows > 0

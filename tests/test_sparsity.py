@@ -11,13 +11,14 @@ from subspace_atlas import cli
 from subspace_atlas.analysis import sparsity
 from subspace_atlas.checkpoints import TensorInfo
 from subspace_atlas.pairs import PairedMatrix
+from subspace_atlas.specs.sparsity import Params
 from subspace_atlas.store import Store
 
 pytestmark = pytest.mark.unit
 NAME = "model.layers.0.mlp.up_proj.weight"
 
 
-def run(base: torch.Tensor, tuned: list[torch.Tensor], params=sparsity.Params(), pairs=()):
+def run(base: torch.Tensor, tuned: list[torch.Tensor], params=Params(), pairs=()):
     info = TensorInfo(NAME, tuple(base.shape), str(base.dtype).removeprefix("torch."))
     item = PairedMatrix(info, "key", lambda: base, [(k, lambda t=t: t) for k, t in enumerate(tuned)])
     return sparsity.compute([item], params, workers=1, pairs=pairs)
@@ -83,13 +84,13 @@ def test_planted_changes_counted_exactly_under_each_definition(monkeypatch, bloc
     tuned = bump(bump(base, one, 1), three, 3).view(-1).clone()
     tuned[big] += 1.0
     tuned = tuned.view(base.shape)
-    row = run(base, [tuned], sparsity.Params(ulps=1))["matrices"].iloc[0]
+    row = run(base, [tuned], Params(ulps=1))["matrices"].iloc[0]
     assert row["dtype"] == "bfloat16" and row["numel"] == n
     assert row["unchanged_exact"] == pytest.approx((n - 180) / n)
     assert row["unchanged_ulp"] == pytest.approx((n - 80) / n)  # 1-ulp moves count as unchanged
     assert row["unchanged_atol"] == pytest.approx((n - 180) / n)  # a bf16 ulp near 1 is ~0.008 ≫ 1e-5
     assert row["changed"] == 180
-    row3 = run(base, [tuned], sparsity.Params(ulps=3, mask="ulp"))["matrices"].iloc[0]
+    row3 = run(base, [tuned], Params(ulps=3, mask="ulp"))["matrices"].iloc[0]
     assert row3["unchanged_ulp"] == pytest.approx((n - 30) / n) and row3["changed"] == 30
     assert row["norm_update"] == pytest.approx(float(np.linalg.norm(tuned.float().numpy() - base.float().numpy())))
 
@@ -113,14 +114,14 @@ def test_update_rank_of_a_planted_rank_three_update():
     row = run(base, [base + delta])["matrices"].iloc[0]
     assert row["update_rank"] == 3 and row["rank_ratio"] == pytest.approx(3 / 45)
     assert row["update_rank"] == np.linalg.matrix_rank((base + delta - base).numpy())
-    assert "update_rank" not in run(base, [base + delta], sparsity.Params(rank=False))["matrices"]
+    assert "update_rank" not in run(base, [base + delta], Params(rank=False))["matrices"]
 
 
 def test_row_and_column_concentration():
     base = torch.zeros(10, 20)
     tuned = base.clone()
     tuned[3, :] = 1.0  # one whole row changed
-    row = run(base, [tuned], sparsity.Params(rank=False))["matrices"].iloc[0]
+    row = run(base, [tuned], Params(rank=False))["matrices"].iloc[0]
     assert row["rows_touched"] == pytest.approx(0.1) and row["cols_touched"] == pytest.approx(1.0)
     assert row["row_gini"] == pytest.approx(0.9) and row["col_gini"] == pytest.approx(0.0)
 
@@ -139,7 +140,7 @@ def test_overlap_of_planted_masks_and_chance():
     a, b = base.clone().view(-1), base.clone().view(-1)
     a[:300] = 1.0
     b[200:600] = 1.0  # 100 shared
-    tables = run(base, [a.view(100, 100), b.view(100, 100)], sparsity.Params(rank=False), pairs=[(0, 1)])
+    tables = run(base, [a.view(100, 100), b.view(100, 100)], Params(rank=False), pairs=[(0, 1)])
     o = tables["overlap"].iloc[0]
     assert (o["changed_a"], o["changed_b"], o["intersection"], o["union"]) == (300, 400, 100, 600)
     assert o["jaccard"] == pytest.approx(100 / 600) and o["overlap_coef"] == pytest.approx(100 / 300)

@@ -13,10 +13,11 @@ import torch
 from subspace_atlas import linalg
 from subspace_atlas.analysis import esd, spectra
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.specs.spectra import Params, select
 
 pytestmark = pytest.mark.unit
 
-PARAMS = spectra.Params()
+PARAMS = Params()
 
 
 def random_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -30,7 +31,7 @@ def planted(rng: np.random.Generator, sigma: np.ndarray, m: int, n: int) -> np.n
     return (random_orthogonal(rng, m)[:, :k] * sigma) @ random_orthogonal(rng, n)[:, :k].T
 
 
-def sigma_of(w: np.ndarray, params: spectra.Params = PARAMS) -> np.ndarray:
+def sigma_of(w: np.ndarray, params: Params = PARAMS) -> np.ndarray:
     """Our σ of one matrix, through compute (the path real checkpoints take)."""
     info = TensorInfo("w", tuple(w.shape), "float64")
     out = spectra.compute([(info, torch.from_numpy(w))], params)
@@ -157,12 +158,12 @@ def test_too_few_eigenvalues_give_nan_alpha_metrics_but_norms():
 
 def test_params_thresh_and_min_evals_reach_the_fit():
     sigma = np.sqrt(np.linspace(1.0, 30.0, 25))
-    assert spectra.metrics(sigma, 25, 25, spectra.Params(min_evals=26))["n_tail"] == 0
-    assert spectra.metrics(sigma, 25, 25, spectra.Params(min_evals=25))["n_tail"] > 0
+    assert spectra.metrics(sigma, 25, 25, Params(min_evals=26))["n_tail"] == 0
+    assert spectra.metrics(sigma, 25, 25, Params(min_evals=25))["n_tail"] > 0
     # a threshold of 10 leaves the 17 eigenvalues above it: too few for min_evals = 20 …
-    assert spectra.metrics(sigma, 25, 25, spectra.Params(evals_thresh=10.0))["n_tail"] == 0
+    assert spectra.metrics(sigma, 25, 25, Params(evals_thresh=10.0))["n_tail"] == 0
     # … enough for 17, and then the fit sees only those
-    row = spectra.metrics(sigma, 25, 25, spectra.Params(evals_thresh=10.0, min_evals=17))
+    row = spectra.metrics(sigma, 25, 25, Params(evals_thresh=10.0, min_evals=17))
     assert row["xmin"] > 10.0
     assert row["alpha"] == pytest.approx(esd.fit_power_law(sigma[sigma**2 > 10.0] ** 2, min_evals=17).alpha,
                                          rel=1e-12)
@@ -198,7 +199,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.parametrize("batch_bytes", [0, 1 << 30], ids=["unbatched", "batched"])
 def test_compute_matches_numpy(method, batch_bytes, device):
     mats = stream_fixture()
-    params = spectra.Params(method=method, svd_dtype="float64")
+    params = Params(method=method, svd_dtype="float64")
     out = spectra.compute(make_stream(mats), params, torch.device(device), batch_bytes=batch_bytes)
     matrices, values = out["matrices"], out["values"]
     assert list(matrices["tensor"]) == [name for name, _ in mats]
@@ -225,7 +226,7 @@ def test_compute_matches_numpy(method, batch_bytes, device):
 def test_gpu_schedule_gives_the_cpu_schedules_tables(batch_bytes, method):
     """The GPU's schedule (decompose in order on the caller's thread, fit on worker threads), run with the
     CPU as its device, gives what the CPU's schedule (workers decompose and fit) gives."""
-    cpu, params = torch.device("cpu"), spectra.Params(method=method, svd_dtype="float64")
+    cpu, params = torch.device("cpu"), Params(method=method, svd_dtype="float64")
     gpu_way = spectra._on_gpu(make_stream(stream_fixture()), params, cpu, batch_bytes, 2)
     cpu_way = spectra._on_cpu(make_stream(stream_fixture()), params, batch_bytes, 2)
     for part, combine in ((0, lambda rows: pd.DataFrame([r for batch in rows for r in batch])),
@@ -247,7 +248,7 @@ def test_a_tall_matrix_split_over_workers_matches_numpy_and_its_unsplit_self_bit
             ("wide", torch.from_numpy(wide).to(torch.bfloat16)), ("nan", torch.from_numpy(nan))]
     assert all(linalg.splittable(t.shape) for n, t in mats if n != "small")
     assert len(linalg.row_blocks(torch.zeros(1, 3000, 40), torch.float64)) == 12  # ⌈3000/16⌉ = 188 < 256 rows
-    params = spectra.Params(method=method)
+    params = Params(method=method)
     one = spectra.compute(make_stream(mats), params, workers=1)
     four = spectra.compute(make_stream(mats), params, workers=4)
     pd.testing.assert_frame_equal(one["values"], four["values"], check_exact=True)
@@ -299,6 +300,6 @@ def test_select_takes_2d_float_matrices_only():
     infos = [TensorInfo("w", (4, 3), "float32"), TensorInfo("bias", (4,), "float32"),
              TensorInfo("ids", (4, 3), "int64"), TensorInfo("empty", (0, 3), "float16"),
              TensorInfo("conv", (4, 3, 3, 3), "float32"), TensorInfo("h", (2, 2), "bfloat16")]
-    taken, skipped = spectra.select(infos)
+    taken, skipped = select(infos)
     assert [i.name for i in taken] == ["w", "h"]
     assert [i.name for i in skipped] == ["bias", "ids", "empty", "conv"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -64,14 +65,16 @@ def test_tables_concatenate_parts_of_finished_jobs(tmp_path):
     assert sorted(got["checkpoint"]) == sorted([f"run/step{k}" for k in range(3)] +
                                                [f"run/step{k}" for k in range(100, 104)])
     assert len(store.table("spectra", "values")) == 3
-    assert [Path(p).name for p in store.parts("spectra", "values")] == ["part-aaa.parquet", "part-bbb.parquet"]
+    names = [Path(p).name for p in store.parts("spectra", "values")]
+    assert [re.fullmatch(r"part-(\w+)-[0-9a-f]{8}\.parquet", n)[1] for n in names] == ["aaa", "bbb"]
 
 
 def test_provenance_in_parquet_metadata_and_jobs(tmp_path):
     store = Store(tmp_path / "S")
     store.write("spectra", "fp1", {"matrices": frame(3), "values": frame(6)}, PROVENANCE)
     for table in ("matrices", "values"):
-        meta = pq.read_schema(Path(store.root) / "spectra" / table / "part-fp1.parquet").metadata
+        (part,) = store.parts("spectra", table)
+        meta = pq.read_schema(part).metadata
         prov = json.loads(meta[META_KEY])
         for key in ("params", "inputs", "versions", "device", "wall_s"):
             assert prov[key] == PROVENANCE[key]
@@ -87,12 +90,15 @@ def test_provenance_in_parquet_metadata_and_jobs(tmp_path):
 
 def test_version_changes_when_a_job_lands(tmp_path):
     store = Store(tmp_path / "S")
-    assert store.version() == () and store.analyses() == [] and store.jobs().empty
+    assert store.version() == "" and store.analyses() == [] and store.jobs().empty
     store.write("spectra", "fp1", {"matrices": frame()}, PROVENANCE)
     v1 = store.version()
-    assert len(v1) == 1
+    assert v1 and v1 == store.version()
     store.write("spectra", "fp2", {"matrices": frame()}, PROVENANCE)
-    assert store.version() != v1 and len(store.version()) == 2
+    v2 = store.version()
+    assert v2 not in ("", v1)
+    store.write("spectra", "fp2", {"matrices": frame(2)}, PROVENANCE)  # a rewrite (--force) changes it too
+    assert store.version() not in ("", v1, v2)
 
 
 def test_table_of_nothing_names_the_store(tmp_path):
@@ -128,8 +134,8 @@ def test_exception_while_building_a_table_leaves_nothing_visible(tmp_path):
 
 def test_exception_while_renaming_into_place_cleans_up(tmp_path):
     store = Store(tmp_path / "S")
-    blocker = Path(store.root) / "spectra" / "values" / "part-new.parquet"
-    blocker.mkdir(parents=True)  # a folder where the file should go: os.replace fails after the write
+    blocker = Path(store.root) / "spectra" / "_jobs" / "new.json"
+    blocker.mkdir(parents=True)  # a folder where the manifest should go: os.replace fails after the write
     with pytest.raises(OSError):
         store.write("spectra", "new", {"matrices": frame(4), "values": frame(3)}, PROVENANCE)
     assert not store.has("spectra", "new")
@@ -181,14 +187,18 @@ def kill_mid_write(argv: list[str], landed, grace: float = 0.05, limit: float = 
 
 def test_sigkill_mid_write_leaves_no_visible_part(tmp_path):
     root = tmp_path / "S"
-    landed = root / "spectra" / "matrices" / "part-unfinished.parquet"
-    kill_mid_write([sys.executable, "-c", _WRITER, str(root)], landed.exists)
+    matrices = root / "spectra" / "matrices"
 
-    assert landed.exists()  # the killed job really had files on disk …
+    def landed() -> bool:
+        return any(matrices.glob("part-unfinished-*.parquet"))
+
+    kill_mid_write([sys.executable, "-c", _WRITER, str(root)], landed)
+
+    assert landed()  # the killed job really had files on disk …
     store = Store(root)
     assert not store.has("spectra", "unfinished")  # … yet none of it counts
     assert store.has("spectra", "done")
-    assert [Path(p).name for p in store.parts("spectra", "matrices")] == ["part-done.parquet"]
+    assert [Path(p).name[:10] for p in store.parts("spectra", "matrices")] == ["part-done-"]
     matrices = store.table("spectra", "matrices")
     assert matrices["alpha"].tolist() == [2.5, 3.5]
     assert store.table("spectra", "values")["tensor"].tolist() == ["a", "b"]
@@ -199,7 +209,7 @@ def test_sigkill_mid_write_leaves_no_visible_part(tmp_path):
     # Leftover temporaries are hidden and are never read as parts.
     assert all(p.name.startswith(".") for p in root.rglob("*.tmp"))
 
-    # A rerun of the killed job replaces its stray part and makes it visible.
+    # A rerun of the killed job makes it visible (its own new files; the stray one is never read).
     store.write("spectra", "unfinished", {"matrices": pd.DataFrame({"tensor": ["c"], "alpha": [4.0]})},
                 {"params": {}})
     assert store.has("spectra", "unfinished")
@@ -223,3 +233,36 @@ def test_table_if_stored_is_none_where_table_would_raise(tmp_path):
     with pytest.raises(AtlasError, match="no x/other results stored"):
         store.table("x", "other")
     pd.testing.assert_frame_equal(store.table_if_stored("x", "t"), store.table("x", "t"))
+
+
+_REWRITER = textwrap.dedent("""
+    import sys
+    import numpy as np, pandas as pd
+    from subspace_atlas.store import Store
+
+    store = Store(sys.argv[1])
+    rng = np.random.default_rng(1)
+    big = pd.DataFrame({"x": rng.random(1_500_000)})
+    tables = {"matrices": pd.DataFrame({"tensor": ["a"], "alpha": [9.0]})} | {f"values{k}": big for k in range(12)}
+    print("ready", flush=True)
+    store.write("spectra", "job", tables, {"params": {}})  # --force: the same job written again
+    print("finished", flush=True)
+""")
+
+
+def test_sigkill_during_a_rewrite_keeps_the_old_job_whole(tmp_path):
+    root = tmp_path / "S"
+    store = Store(root)
+    old = {"matrices": pd.DataFrame({"tensor": ["a"], "alpha": [1.0]})} | {
+        f"values{k}": pd.DataFrame({"x": [float(k)]}) for k in range(12)}
+    store.write("spectra", "job", old, {"params": {}})
+    first = set(store.parts("spectra", "matrices"))
+
+    def landed() -> bool:  # the new matrices part is in place, the values parts are being written
+        return len(list((root / "spectra" / "matrices").glob("part-job-*.parquet"))) == 2
+
+    kill_mid_write([sys.executable, "-c", _REWRITER, str(root)], landed)
+    assert set(store.parts("spectra", "matrices")) == first
+    assert store.table("spectra", "matrices")["alpha"].tolist() == [1.0]  # not the half-written rewrite's 9.0
+    for k in range(12):
+        assert store.table("spectra", f"values{k}")["x"].tolist() == [float(k)]

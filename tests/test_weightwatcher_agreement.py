@@ -56,12 +56,13 @@ def ww_frame(model_dir) -> tuple[pd.DataFrame, float]:
 def our_frame(model_dir) -> tuple[pd.DataFrame, float]:
     from subspace_atlas.analysis import spectra
     from subspace_atlas.checkpoints import open_checkpoints
+    from subspace_atlas.specs.spectra import Params, select
 
     (ckpt,) = open_checkpoints(model_dir)
-    taken, _ = spectra.select(ckpt.tensors())
+    taken, _ = select(ckpt.tensors())
     start = time.perf_counter()
     stream = zip(taken, (t for _, t in ckpt.stream([i.name for i in taken])))
-    frame = spectra.compute(stream, spectra.Params())["matrices"]
+    frame = spectra.compute(stream, Params())["matrices"]
     return frame, time.perf_counter() - start
 
 
@@ -151,11 +152,12 @@ def test_gram32_alpha_agrees_with_weightwatcher_too(model_dir, ww_frame):
     """The float32 Gram option (``--method gram32``, ~2.5× faster on a CPU) keeps WeightWatcher's alpha."""
     from subspace_atlas.analysis import spectra
     from subspace_atlas.checkpoints import open_checkpoints
+    from subspace_atlas.specs.spectra import Params, select
 
     (ckpt,) = open_checkpoints(model_dir)
-    taken, _ = spectra.select(ckpt.tensors())
+    taken, _ = select(ckpt.tensors())
     stream = zip(taken, (t for _, t in ckpt.stream([i.name for i in taken])))
-    ours = spectra.compute(stream, spectra.Params(method="gram32"))["matrices"]
+    ours = spectra.compute(stream, Params(method="gram32"))["matrices"]
     ww = ww_frame[0].assign(tensor=ww_frame[0]["longname"] + ".weight")
     both = ww.merge(ours, on="tensor", how="inner", suffixes=("_ww", ""), validate="one_to_one")
     delta = np.abs(both["alpha"].to_numpy(float) - both["alpha_ww"].to_numpy(float))

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import current_store, show, table, table_or_stop
+from common import csv_download, current_store, show, table, table_or_stop
 from links import choose
 
 store = current_store()
@@ -64,5 +64,4 @@ with aligned:
             show(charts.sar_by_task(mine[mine["group"] == chosen_group]), key="angles_sar")
 with raw:
     st.dataframe(view.drop(columns=["angles"]), hide_index=True)
-    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="angles.csv", mime="text/csv",
-                       key="angles_csv")
+    csv_download(view, "angles", key="angles_csv")

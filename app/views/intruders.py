@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from subspace_atlas import charts
-from common import current_store, show, table, table_or_stop
+from common import csv_download, current_store, show, table, table_or_stop
 from links import choose, slide
 
 store = current_store()
@@ -79,5 +79,4 @@ with one:
                  hide_index=True)
 with raw:
     st.dataframe(at_eps, hide_index=True)
-    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="intruders.csv",
-                       mime="text/csv", key="intruders_csv")
+    csv_download(view, "intruders", key="intruders_csv")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import current_store, show, table, table_or_stop
+from common import csv_download, current_store, show, table, table_or_stop
 from links import choose
 
 store = current_store()
@@ -13,13 +13,21 @@ st.caption("For every matrix and checkpoint of a run, the top-k singular subspac
            "previous, the first and the last checkpoint (1 = the same subspace, chance ≈ k / dim). GaLore's premise "
            "is that gradient subspaces move slowly; Q-GaLore's, that some layers settle early; WeLore's, that "
            "low-rank weights emerge unevenly across layers.")
-pairs = table_or_stop(store, "overlap", "pairs", "training-dynamics results", "subspace-atlas overlap RUN")
+# Every pair of a 50-checkpoint run is 1,225 pairs per matrix: the page reads only the pairs a chart draws.
+# The convergence table (one row per matrix, kind of subspace and side) is the index of what is stored.
+PAIR_COLUMNS = ["run", "checkpoint_a", "checkpoint_b", "step_a", "step_b", "tensor", "layer", "kind", "of", "side",
+                "previous", "from_first", "to_last", "k", "k_a", "k_b", "overlap", "chance", "mean_angle_deg",
+                "lead_cos"]
+INDEX = ["run", "tensor", "layer", "kind", "of", "side"]
 convergence = table(store, "overlap", "convergence")
+index = convergence if convergence is not None else table_or_stop(
+    store, "overlap", "pairs", "training-dynamics results", "subspace-atlas overlap RUN", INDEX + ["step_b"])
 
 c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
-runs = pairs.groupby("run")["step_b"].nunique().sort_values(ascending=False)  # the longest run first
+runs = (index.groupby("run")["checkpoints"].max() if convergence is not None
+        else index.groupby("run")["step_b"].nunique()).sort_values(ascending=False)  # the longest run first
 run = choose(c1.selectbox, "Run", list(runs.index), key="overlap_run", url="run")
-mine = pairs[pairs["run"] == run]
+mine = index[index["run"] == run]
 of = choose(c2.selectbox, "Subspaces of", sorted(mine["of"].unique(), key=["weights", "updates", "steps",
                                                                           "gradients"].index),
             key="overlap_of", url="of",
@@ -27,14 +35,14 @@ of = choose(c2.selectbox, "Subspaces of", sorted(mine["of"].unique(), key=["weig
 side = choose(c3.selectbox, "Side", sorted(mine["side"].unique()), key="overlap_side", url="side",
               help="left: column (output) space U; right: row (input) space V")
 reference = choose(c4.radio, "Compared with", ["previous", "first", "last"], key="overlap_reference", url="reference")
-view = mine[(mine["of"] == of) & (mine["side"] == side)]
-kinds = sorted(view["kind"].unique())
+kinds = sorted(mine.loc[(mine["of"] == of) & (mine["side"] == side), "kind"].unique())
 chosen = choose(st.multiselect, "Kinds", kinds, default=kinds, key=f"overlap_kinds:{run}", url="kinds")
-view = view[view["kind"].isin(chosen)]
-if view.empty:
+flag = charts.REFERENCE_FLAGS[reference]
+versus = charts.against_reference(table(store, "overlap", "pairs", PAIR_COLUMNS, run=run, of=of, side=side,
+                                        kind=chosen, **{flag: True}), reference)
+if versus.empty:
     st.warning("No pairs match these filters.")
     st.stop()
-versus = charts.against_reference(view, reference)
 
 steps_tab, grid_tab, matrix_tab, settle_tab, spectrum_tab, raw_tab = st.tabs(
     ["Over training", "Layer × step", "Checkpoint × checkpoint", "Convergence", "Spectrum & WeLore", "Table"])
@@ -43,8 +51,10 @@ with steps_tab:
 with grid_tab:
     show(charts.overlap_layer_step(versus, reference), key="overlap_grid")
 with matrix_tab:
-    tensor = choose(st.selectbox, "Matrix", sorted(view["tensor"].unique()), key=f"overlap_tensor:{run}", url="matrix")
-    show(charts.checkpoint_overlap_matrix(view[view["tensor"] == tensor]), key="overlap_matrix")
+    tensor = choose(st.selectbox, "Matrix", sorted(versus["tensor"].unique()), key=f"overlap_tensor:{run}",
+                    url="matrix")
+    show(charts.checkpoint_overlap_matrix(table(store, "overlap", "pairs", PAIR_COLUMNS, run=run, of=of, side=side,
+                                                tensor=tensor)), key="overlap_matrix")
 with settle_tab:
     if convergence is None:
         st.info("No convergence table stored.")
@@ -57,20 +67,21 @@ with settle_tab:
                                       "qgalore_step": "Q-GaLore: mean leading |cos| of 5 refreshes ≥ 0.4"}.get)
         show(charts.convergence_by_layer(conv, which), key="overlap_convergence")
 with spectrum_tab:
-    spectrum = table(store, "overlap", "spectrum", run=run)
     welore = table(store, "overlap", "welore", run=run)
-    if spectrum is None or welore is None or spectrum.empty:
+    if welore is None or welore.empty:
         st.info("No spectra stored for this run (it was computed with --no-welore).")
     else:
         s1, s2 = st.columns(2)
-        name = choose(s1.selectbox, "Matrix", sorted(spectrum["tensor"].unique()), key=f"overlap_spectrum_tensor:{run}",
+        name = choose(s1.selectbox, "Matrix", sorted(welore["tensor"].unique()), key=f"overlap_spectrum_tensor:{run}",
                       url="spectrum_matrix")
         tau = choose(s2.selectbox, "WeLore τ", sorted(welore["tau"].unique()), key="overlap_tau", url="tau",
                      help="threshold on (σ − σmin) / (σmax − σmin); WeLore's LLaMA-2 values")
-        show(charts.spectrum_over_training(spectrum[spectrum["tensor"] == name]), key="overlap_spectrum")
+        show(charts.spectrum_over_training(table(store, "overlap", "spectrum", run=run, tensor=name)),
+             key="overlap_spectrum")
         shown = welore[(welore["tau"] == tau) & welore["kind"].isin(chosen)]
         show(charts.welore_over_steps(shown, float(welore["lrc_share"].iloc[0])), key="overlap_welore")
 with raw_tab:
-    st.dataframe(view.drop(columns=["angles"]), hide_index=True)
-    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="overlap.csv", mime="text/csv",
-                       key="overlap_csv")
+    st.caption(f"The pairs against the {reference} checkpoint shown above (the angles of each pair: "
+               "`Store.table('overlap', 'pairs')`).")
+    st.dataframe(versus, hide_index=True)
+    csv_download(versus, "overlap", key="overlap_csv")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import current_store, show, table_or_stop
+from common import csv_download, current_store, show, table_or_stop
 from links import choose
 
 store = current_store()
@@ -50,5 +50,4 @@ show(charts.effect_by_component(one), key="patching_components", where=left)
 show(charts.norm_split(one), key="patching_norms", where=right)
 show(charts.effect_across_layers(mine[mine["method"] == method]), key="patching_layers")
 st.dataframe(mine.drop(columns=["model_path"]), hide_index=True)
-st.download_button("Download CSV", mine.to_csv(index=False).encode(), file_name="patching.csv", mime="text/csv",
-                   key="patching_csv")
+csv_download(mine, "patching", key="patching_csv")

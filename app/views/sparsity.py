@@ -3,7 +3,7 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import current_store, show, table, table_or_stop
+from common import csv_download, current_store, show, table, table_or_stop
 from links import choose
 
 store = current_store()
@@ -56,5 +56,4 @@ with rank:
     show(charts.update_rank_by_layer(view[view["checkpoint"].isin(finals or everything)]), key="sparsity_rank")
 with raw:
     st.dataframe(view, hide_index=True)
-    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="sparsity.csv",
-                       mime="text/csv", key="sparsity_csv")
+    csv_download(view, "sparsity", key="sparsity_csv")

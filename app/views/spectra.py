@@ -3,7 +3,7 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import current_store, show, table, table_or_stop
+from common import csv_download, current_store, show, table, table_or_stop
 from links import choose, slide
 
 store = current_store()
@@ -53,13 +53,11 @@ with density:
     names = view.loc[view["checkpoint"] == ckpt, "tensor"].tolist()
     tensor = choose(c2.selectbox, "Matrix", names, key="spectra_esd_tensor", url="matrix")
     row = view[(view["checkpoint"] == ckpt) & (view["tensor"] == tensor)].iloc[0]
-    values = table(store, "spectra", "values")
-    sigma = values.loc[(values["checkpoint"] == ckpt) & (values["tensor"] == tensor), "sigma"].to_numpy()
+    # Only this matrix's singular values, at the chosen checkpoints: never the whole values table.
+    compare = table(store, "spectra", "values", tensor=tensor, checkpoint=sorted(set(chosen) | {ckpt}))
+    sigma = compare.loc[compare["checkpoint"] == ckpt, "sigma"].to_numpy()
     show(charts.esd_with_fit(sigma, row), key="esd")
-    compare = values[values["tensor"] == tensor]
-    compare = compare[compare["checkpoint"].isin(chosen)]
-    show(charts.singular_value_curves(compare), key="sv_curves")
+    show(charts.singular_value_curves(compare[compare["checkpoint"].isin(chosen)]), key="sv_curves")
 with raw:
     st.dataframe(view, hide_index=True)
-    st.download_button("Download CSV", view.to_csv(index=False).encode(), file_name="spectra.csv",
-                       mime="text/csv", key="spectra_csv")
+    csv_download(view, "spectra", key="spectra_csv")

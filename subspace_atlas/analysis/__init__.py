@@ -1,7 +1,8 @@
-"""The analysis registry: name → module. CLI subcommands and job planning are generated from it.
+"""The analysis registry: name → spec. CLI subcommands, job planning and scan are generated from it.
 
-Each module declares ``NAME``, ``DESCRIPTION``, ``TABLES``, ``SCHEMA_VERSION``, a frozen ``Params``
-dataclass with the reference paper's defaults, and a pure ``compute`` returning named tidy tables.
+A spec (``subspace_atlas.specs.<name>``) declares what an analysis is without importing torch; its
+compute lives in ``subspace_atlas.analysis.<name>``: a pure ``compute`` returning named tidy tables,
+imported only when one of its jobs runs.
 """
 
 from __future__ import annotations
@@ -9,15 +10,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-MODULES = {
-    "spectra": "subspace_atlas.analysis.spectra",
-    "intruders": "subspace_atlas.analysis.intruders",
-    "sparsity": "subspace_atlas.analysis.sparsity",
-    "angles": "subspace_atlas.analysis.angles",
-    "overlap": "subspace_atlas.analysis.overlap",
-}
+SPECS: dict[str, ModuleType] = {name: importlib.import_module(f"subspace_atlas.specs.{name}")
+                                for name in ("spectra", "intruders", "sparsity", "angles", "overlap")}
 
 
-def get(name: str) -> ModuleType:
-    """The analysis module registered under ``name``."""
-    return importlib.import_module(MODULES[name])
+def compute_module(name: str) -> ModuleType:
+    """The compute of analysis ``name`` (it imports torch)."""
+    return importlib.import_module(f"{__name__}.{name}")

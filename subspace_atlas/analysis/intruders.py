@@ -17,7 +17,6 @@ scales the intruders' singular values by λ and moves W by (1 − λ)·√Σ s_i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -26,46 +25,13 @@ import torch
 
 from subspace_atlas import linalg
 from subspace_atlas.adapters import LoraUpdate
-from subspace_atlas.checkpoints import select_matrices
 from subspace_atlas.pairs import PairedMatrix, empty_table, map_pairs
+from subspace_atlas.specs.intruders import TABLES, Params
 from subspace_atlas.svdcache import SvdCache
-
-NAME = "intruders"
-TABLES = ("vectors", "summary", "matrices", "similarity", "values")
-SCHEMA_VERSION = 1
-PAIRED = True  # compares each checkpoint with a --base
-DESCRIPTION = "intruder dimensions: new high-ranking singular vectors a fine-tune brings in (needs --base)"
-SIDES = ("left", "right", "both")
 
 # From this min(m, n) up, the factored LoRA update beats merging and a full SVD (measured on 2 CPU
 # cores, r = 8/64, k = 10/64: 1024² about even, 2048² 2–6× faster, 4096² 12–18× faster).
 FACTORED_MIN_DIM = 2048
-
-
-@dataclass(frozen=True)
-class Params:
-    top_k: int = field(default=10, metadata={"help": "how many of W's top singular vectors are tested"})
-    epsilon: tuple[float, ...] = field(default=(0.5, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9), metadata={
-        "help": "intruder threshold(s) on max |cos|: the first marks is_intruder and drives mitigation; "
-                "each gets a summary row (a sweep)"})
-    side: str = field(default="left", metadata={
-        "choices": SIDES, "help": "compare left singular vectors (the paper's), right ones, or both"})
-    mitigation_lambda: float = field(default=0.75, metadata={
-        "help": "PEFT's mitigation: intruder singular values scaled by this"})
-    svd_dtype: str = field(default="float32", metadata={
-        "choices": ("float32", "float64"), "help": "precision of the SVDs (float32 like PEFT and the paper)"})
-    similarity_top: int = field(default=32, metadata={
-        "help": "base vectors kept per tested vector in the similarity table (|Uᵀ U0|, top-k × top-N)"})
-    spectrum_top: int = field(default=64, metadata={
-        "help": "leading singular values of W and W0 kept for plots"})
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
-        if not self.epsilon or not all(0 < e <= 1 for e in self.epsilon):
-            raise ValueError("epsilon values must lie in (0, 1]")
-        if self.side not in SIDES:
-            raise ValueError(f"side must be one of {', '.join(SIDES)}")
 
 
 def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device | None = None,
@@ -250,5 +216,3 @@ def validate(matrices: pd.DataFrame) -> str | None:
                 "check --base")
     return None
 
-
-select = select_matrices

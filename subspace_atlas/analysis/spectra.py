@@ -13,7 +13,6 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -21,30 +20,12 @@ import torch
 
 from subspace_atlas import linalg
 from subspace_atlas.analysis.esd import fit_marchenko_pastur, fit_power_law
-from subspace_atlas.checkpoints import TensorInfo, select_matrices
+from subspace_atlas.checkpoints import TensorInfo
 from subspace_atlas.parallel import thread_pool
-
-NAME = "spectra"
-TABLES = ("matrices", "values")
-SCHEMA_VERSION = 1
-DESCRIPTION = "singular-value spectra and WeightWatcher metrics of every 2-D weight matrix"
+from subspace_atlas.specs.spectra import Params
 
 # WeightWatcher's reading of alpha (their README): below 2 over-trained, above 6 under-trained.
 ALPHA_LOW, ALPHA_HIGH = 2.0, 6.0
-
-
-@dataclass(frozen=True)
-class Params:
-    method: str = field(default="gram", metadata={
-        "choices": linalg.METHODS,
-        "help": "gram: eigenvalues of the float64 Gram matrix (default); gram32: the same in float32, "
-                "about 2.5× faster on a CPU (σ to ~1e-6 of σ_max); svd: torch svdvals"})
-    svd_dtype: str = field(default="float32", metadata={
-        "choices": ("float32", "float64"), "help": "precision of --method svd"})
-    evals_thresh: float = field(default=1e-5, metadata={
-        "help": "eigenvalues at or below this are left out of the power-law fit (WeightWatcher's 1e-5)"})
-    min_evals: int = field(default=20, metadata={
-        "help": "fewer eigenvalues above the threshold than this: no power-law fit"})
 
 
 def metrics(sigma: np.ndarray, rows: int, cols: int, params: Params) -> dict[str, float | int | str]:
@@ -260,5 +241,3 @@ def _batches(stream: Iterable[tuple[TensorInfo, torch.Tensor]],
     if batch:
         yield batch
 
-
-select = select_matrices

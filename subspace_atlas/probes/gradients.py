@@ -8,7 +8,6 @@ top-k triplets and ‖G‖_F of each gradient are kept; the full gradients live 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,14 +18,6 @@ from subspace_atlas.errors import AtlasError
 from subspace_atlas.naming import align
 
 MASK_SHARE = 0.15
-
-
-def text_identity(path: str) -> str:
-    """The content hash of the gradient text (a renamed file keeps its results)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise AtlasError(f"--data {path}: no such text file")
-    return hashlib.sha256(file.read_bytes()).hexdigest()[:20]
 
 
 def model_folder(ckpt: Checkpoint) -> Path:

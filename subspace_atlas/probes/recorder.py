@@ -34,19 +34,20 @@ from subspace_atlas.analysis import overlap
 from subspace_atlas.analysis.angles import sides
 from subspace_atlas.checkpoints import Checkpoint
 from subspace_atlas.linalg import TopSvd
+from subspace_atlas.specs import overlap as overlap_spec
 from subspace_atlas.store import Store, fingerprint
 
 
 class GradientSubspaceRecorder:
     """Top-k gradient subspaces of every 2-D floating-point parameter, every ``every`` steps, into a store."""
 
-    def __init__(self, store: str | Path | Store, run: str, every: int = 100, params: overlap.Params | None = None,
+    def __init__(self, store: str | Path | Store, run: str, every: int = 100, params: overlap_spec.Params | None = None,
                  tensors: str = "", flush_every: int = 10, device: torch.device | None = None):
         if every < 1:
             raise ValueError("every must be at least 1")
         self.store = store if isinstance(store, Store) else Store(store)
         self.run, self.every, self.flush_every, self.device = run, every, flush_every, device
-        self.params = replace(params or overlap.Params(), of=("gradients",), reference=("previous", "first"),
+        self.params = replace(params or overlap_spec.Params(), of=("gradients",), reference=("previous", "first"),
                               welore=False, data="")
         self.pattern = re.compile(tensors) if tensors else None
         self.steps: list[int] = []
@@ -55,9 +56,9 @@ class GradientSubspaceRecorder:
         self.history: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (tensor, side) → (overlap, lead)
         self.rows: dict[str, list[dict]] = {"pairs": [], "subspaces": []}
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.fingerprint = fingerprint(overlap.NAME, self.params, {"recorder": run, "every": every,
+        self.fingerprint = fingerprint(overlap_spec.NAME, self.params, {"recorder": run, "every": every,
                                                                    "tensors": tensors, "started": started},
-                                       overlap.SCHEMA_VERSION)
+                                       overlap_spec.SCHEMA_VERSION)
         self.seconds = 0.0
 
     def record(self, model: torch.nn.Module, step: int) -> bool:
@@ -116,15 +117,15 @@ class GradientSubspaceRecorder:
                       "device": str(self.device or "cpu"), "matrices": len(self.first),
                       "wall_s": round(self.seconds, 4),
                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "schema_version": overlap.SCHEMA_VERSION}
-        self.store.write(overlap.NAME, self.fingerprint, tables, provenance)
+                      "schema_version": overlap_spec.SCHEMA_VERSION}
+        self.store.write(overlap_spec.NAME, self.fingerprint, tables, provenance)
 
 
 class GradientSubspaceCallback(TrainerCallback):
     """HF ``Trainer`` callback: a ``GradientSubspaceRecorder`` fed after gradient clipping, before each step."""
 
     def __init__(self, store: str | Path | Store, run: str | None = None, every: int = 100,
-                 params: overlap.Params | None = None, tensors: str = "", flush_every: int = 10):
+                 params: overlap_spec.Params | None = None, tensors: str = "", flush_every: int = 10):
         self.options = {"store": store, "run": run, "every": every, "params": params, "tensors": tensors,
                         "flush_every": flush_every}
         self.recorder: GradientSubspaceRecorder | None = None

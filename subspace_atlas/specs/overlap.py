@@ -1,0 +1,79 @@
+"""``overlap``: how weight, update, step and gradient subspaces move over a training run (compute:
+``analysis.overlap``)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from subspace_atlas.checkpoints import select_matrices
+from subspace_atlas.errors import AtlasError
+
+NAME = "overlap"
+TABLES = ("pairs", "subspaces", "convergence", "welore", "spectrum")
+RUN = True  # one job per run: its checkpoints in step order
+SCHEMA_VERSION = 1
+DESCRIPTION = "training dynamics: how weight, update, step and gradient subspaces move over a run"
+KINDS = ("weights", "updates", "steps", "gradients")
+REFERENCES = ("previous", "first", "last", "all")
+SIDES = ("left", "right", "both")
+LOSSES = ("auto", "causal", "masked")
+
+
+@dataclass(frozen=True)
+class Params:
+    k: int = field(default=16, metadata={"help": "top singular vectors per subspace (unless --energy)"})
+    energy: float = field(default=0.0, metadata={
+        "help": "if > 0: per matrix, the fewest vectors holding this fraction of ‖M‖²_F (overrides --k)"})
+    of: tuple = field(default=("weights", "updates", "steps"), metadata={
+        "choices": KINDS, "help": "what to decompose: W_t, W_t − W_0, W_t − W_t−1, gradients (needs --data)"})
+    reference: tuple = field(default=("previous", "first", "last"), metadata={
+        "choices": REFERENCES, "help": "which checkpoints each is compared with (all: every two)"})
+    side: str = field(default="both", metadata={"choices": SIDES, "help": "left (column) / right (row) subspaces"})
+    tol: float = field(default=1e-4, metadata={
+        "help": "randomized top-k stops once its bound on 1 − overlap with the exact subspace is below this"})
+    settle: float = field(default=0.9, metadata={
+        "help": "overlap with the previous checkpoint from which on a subspace counts as settled"})
+    lead_threshold: float = field(default=0.4, metadata={"help": "Q-GaLore: mean |cos| of the leading vectors"})
+    lead_window: int = field(default=5, metadata={"help": "Q-GaLore: refreshes averaged (its queue length)"})
+    welore: bool = field(default=True, metadata={"help": "WeLore's view: all singular values of every W_t"})
+    welore_tau: tuple = field(default=(0.0225, 0.076, 0.135, 0.21), metadata={
+        "help": "thresholds on min-max normalised σ (WeLore's LLaMA-2-7B values for 10/30/50/70 %)"})
+    lrc_share: float = field(default=0.5, metadata={
+        "help": "a matrix with at least this fraction of normalised σ below τ counts as low-rank"})
+    data: str = field(default="", metadata={"help": "text file for gradients (a fixed batch is cut from it)"})
+    loss: str = field(default="auto", metadata={
+        "choices": LOSSES, "help": "gradient loss: causal-LM or masked-LM (auto: from the model's config)"})
+    batch: int = field(default=8, metadata={"help": "gradient batch: sequences"})
+    seq_len: int = field(default=128, metadata={"help": "gradient batch: tokens per sequence"})
+    seed: int = field(default=0, metadata={"help": "seed of the randomized top-k and of masked-LM masking"})
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.batch < 1 or self.seq_len < 2 or self.lead_window < 1:
+            raise ValueError("k, batch and lead_window must be at least 1, seq_len at least 2")
+        if not 0 <= self.energy <= 1 or not 0 < self.settle <= 1 or not 0 < self.lrc_share <= 1:
+            raise ValueError("energy must lie in [0, 1], settle and lrc_share in (0, 1]")
+        if not 0 < self.tol < 1:
+            raise ValueError("tol must lie in (0, 1)")
+        for values, allowed, name in ((self.of, KINDS, "of"), (self.reference, REFERENCES, "reference")):
+            if not values or any(v not in allowed for v in values):
+                raise ValueError(f"{name} takes one or more of {', '.join(allowed)}")
+        if self.side not in SIDES or self.loss not in LOSSES:
+            raise ValueError(f"side must be one of {', '.join(SIDES)}; loss one of {', '.join(LOSSES)}")
+
+
+def job_inputs(params: Params) -> dict[str, str]:
+    """What a job's result depends on beyond its checkpoints: the gradient text's content hash (a renamed
+    file keeps its results)."""
+    if "gradients" not in params.of:
+        return {}
+    if not params.data:
+        raise AtlasError("overlap: --of gradients needs --data FILE, the text the fixed gradient batch is cut from")
+    file = Path(params.data).expanduser()
+    if not file.is_file():
+        raise AtlasError(f"--data {params.data}: no such text file")
+    return {"data": hashlib.sha256(file.read_bytes()).hexdigest()[:20]}
+
+
+select = select_matrices

@@ -1,0 +1,178 @@
+"""The query layer: every read the pages and the report make equals the old read-everything-then-filter,
+on the committed demo store; filters skip jobs without opening them; rewrites swap a job's tables at once."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from subspace_atlas import query
+from subspace_atlas.errors import AtlasError
+from subspace_atlas.store import Store
+
+pytestmark = pytest.mark.integration
+
+DEMO = Path(__file__).resolve().parent.parent / "data" / "demo-store"
+
+
+@functools.cache
+def old_read(root: Path, analysis: str, table: str) -> pd.DataFrame:
+    """How the store was read before the query layer: every part of a finished job, concatenated."""
+    done = {p.stem for p in (root / analysis / "_jobs").glob("*.json")}
+    parts = sorted(p for p in glob.glob(str(root / analysis / table / "part-*.parquet"))
+                   if os.path.basename(p)[len("part-"):-len(".parquet")] in done)
+    frames = [pq.read_table(p).to_pandas() for p in parts]
+    kept = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(kept, ignore_index=True)
+
+
+def assert_same(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """Equal frames, where missing text may be None in one and NaN in the other (a column null in every row
+    of one part reads as None on its own, as NaN once the parts' schemas are unified)."""
+    assert list(got.columns) == list(want.columns)
+    got, want = got.reset_index(drop=True), want.reset_index(drop=True)
+    for column in got.columns:
+        if got[column].dtype != want[column].dtype:
+            got[column], want[column] = (f[column].astype(object).where(f[column].notna(), None) for f in (got, want))
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+def _tables(store: Store) -> list[tuple[str, str]]:
+    return sorted({(m.analysis, t) for m in store.catalog() for t in m.content["tables"]})
+
+
+@pytest.fixture(scope="module")
+def demo() -> Store:
+    return Store(DEMO)
+
+
+def test_every_demo_table_reads_as_before(demo):
+    tables = _tables(demo)
+    assert len(tables) >= 18
+    for analysis, table in tables:
+        assert_same(demo.table(analysis, table), old_read(DEMO, analysis, table))
+
+
+def _old_filtered(analysis: str, table: str, where: dict, columns: list[str] | None = None) -> pd.DataFrame:
+    frame = old_read(DEMO, analysis, table).copy()
+    for column, value in where.items():
+        frame = frame[frame[column].isin(value) if isinstance(value, list) else frame[column] == value]
+    return frame[columns] if columns else frame
+
+
+def _page_queries(demo: Store) -> list[tuple[str, str, dict, list[str] | None]]:
+    """The slices the pages and the report ask for, with values taken from the demo store."""
+    values = demo.table("spectra", "matrices", columns=["checkpoint", "tensor", "run"])
+    run_ckpts = sorted(values.loc[values["run"].notna(), "checkpoint"].unique())
+    ckpt, tensor = values.iloc[5][["checkpoint", "tensor"]]
+    summary = demo.table("intruders", "summary")
+    one = summary.sort_values("n_intruders").iloc[-1]
+    convergence = demo.table("overlap", "convergence")
+    run = convergence["run"].iloc[0]
+    pair_columns = ["run", "step_a", "step_b", "tensor", "kind", "of", "side", "overlap", "chance"]
+    queries = [("spectra", "values", {"checkpoint": ckpt, "tensor": tensor}, None),
+               ("spectra", "values", {"tensor": tensor, "checkpoint": run_ckpts[:4]}, None),
+               ("overlap", "pairs", {"run": run, "tensor": convergence["tensor"].iloc[0]}, None),
+               ("overlap", "spectrum", {"run": run, "tensor": convergence["tensor"].iloc[0]}, None),
+               ("overlap", "welore", {"run": run}, None),
+               ("overlap", "pairs", {"previous": True, "side": "left"}, pair_columns)]
+    for flag in ("previous", "from_first", "to_last"):
+        queries.append(("overlap", "pairs", {"run": run, "of": "weights", "side": "left",
+                                             "kind": sorted(convergence["kind"].unique())[:2], flag: True},
+                        pair_columns))
+    for name in ("vectors", "similarity", "values", "matrices"):
+        queries.append(("intruders", name, {"checkpoint": one["checkpoint"], "tensor": one["tensor"]}, None))
+    return queries
+
+
+def test_page_queries_equal_filtering_the_old_full_reads(demo):
+    for analysis, table, where, columns in _page_queries(demo):
+        got = demo.table(analysis, table, where, columns)
+        assert len(got), (analysis, table, where)
+        assert_same(got, _old_filtered(analysis, table, where, columns))
+
+
+def test_a_filter_no_row_meets_keeps_the_columns(demo):
+    got = demo.table("spectra", "matrices", {"checkpoint": "no such checkpoint"})
+    assert got.empty and "alpha" in got.columns
+    got = demo.table("spectra", "matrices", {"no_such_column": "x"})
+    assert got.empty
+    with pytest.raises(AtlasError, match="no column"):
+        demo.table("spectra", "matrices", columns=["checkpoint", "nope"])
+
+
+def _count_files(monkeypatch) -> list[int]:
+    opened = []
+    real = query._fragments
+
+    def counting(store, analysis, table, files):
+        opened.append(len(files))
+        return real(store, analysis, table, files)
+
+    monkeypatch.setattr(query, "_fragments", counting)
+    return opened
+
+
+def test_a_filter_on_a_job_constant_opens_only_that_jobs_file(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    for k in range(40):
+        rows = pd.DataFrame({"checkpoint": f"ckpt-{k}", "step": k, "tensor": ["a", "b", "c"], "alpha": [1.0, 2.0, k]})
+        store.write("spectra", f"job{k:03d}", {"matrices": rows}, {})
+    opened = _count_files(monkeypatch)
+    got = store.table("spectra", "matrices", {"checkpoint": "ckpt-7", "tensor": "c"})
+    assert got["alpha"].tolist() == [7.0] and opened == [1]
+    got = store.table("spectra", "matrices", {"step": [3, 5]})
+    assert sorted(got["checkpoint"].unique()) == ["ckpt-3", "ckpt-5"] and opened[-1] == 2
+    assert store.table("spectra", "matrices", {"tensor": "a"})["step"].tolist() == list(range(40))
+    assert opened[-1] == 40  # tensor is not constant within a job: every file is scanned
+
+
+def test_columns_differing_in_type_across_jobs_unify(tmp_path):
+    store = Store(tmp_path)
+    store.write("x", "a", {"t": pd.DataFrame({"k": [1, 2], "run": [None, None]})}, {})
+    store.write("x", "b", {"t": pd.DataFrame({"k": [3], "run": ["r"], "extra": [0.5]})}, {})
+    got = store.table("x", "t").sort_values("k")
+    assert got["k"].tolist() == [1, 2, 3] and got["run"].isna().tolist() == [True, True, False]
+    assert got["extra"].isna().sum() == 2
+    assert store.table("x", "t", {"run": None})["k"].tolist() == [1, 2]
+
+
+def test_a_rewrite_swaps_every_table_and_removes_the_old_files(tmp_path):
+    store = Store(tmp_path)
+    store.write("x", "j", {"t": pd.DataFrame({"v": [1.0]}), "u": pd.DataFrame({"w": [1.0]})}, {})
+    first = store.parts("x", "t") + store.parts("x", "u")
+    store.write("x", "j", {"t": pd.DataFrame({"v": [2.0]}), "u": pd.DataFrame({"w": [2.0]})}, {})
+    assert store.table("x", "t")["v"].tolist() == [2.0] and store.table("x", "u")["w"].tolist() == [2.0]
+    assert not any(Path(p).exists() for p in first)
+    assert len(list(tmp_path.rglob("*.parquet"))) == 2
+
+
+def test_a_corrupt_manifest_is_skipped_and_named(tmp_path):
+    store = Store(tmp_path)
+    store.write("x", "good", {"t": pd.DataFrame({"v": [1.0]})}, {})
+    store.write("x", "bad", {"t": pd.DataFrame({"v": [2.0]})}, {})
+    manifest = tmp_path / "x" / "_jobs" / "bad.json"
+    manifest.write_bytes(manifest.read_bytes()[:20])
+    assert store.table("x", "t")["v"].tolist() == [1.0]
+    assert not store.has("x", "bad") and str(manifest) in store.unreadable
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_an_unreadable_part_is_left_out_and_named(tmp_path, damage):
+    store = Store(tmp_path)
+    for k in range(3):
+        store.write("x", f"job{k}", {"t": pd.DataFrame({"v": [float(k)] * 1000, "w": range(1000)})}, {})
+    (bad,) = [p for p in store.parts("x", "t") if "job1" in p]
+    data = Path(bad).read_bytes()
+    Path(bad).write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:200] + bytes(len(data) - 400)
+                          + data[-200:])
+    got = store.table("x", "t")
+    assert sorted(got["v"].unique()) == [0.0, 2.0] and len(got) == 2000
+    assert list(store.unreadable) == [bad] and "job1" in store.unreadable[bad]
+    assert store.table("x", "t", {"v": 2.0})["w"].tolist() == list(range(1000))
