@@ -42,14 +42,20 @@ def current_store() -> Store:
         st.stop()
 
 
+@st.cache_data(show_spinner=False, ttl=1)
+def _local_version(root: str) -> str:
+    return Store(root).version()
+
+
 @st.cache_data(show_spinner=False, ttl=10)
 def _remote_version(root: str) -> str:
     return Store(root).version()
 
 
 def version(store: Store) -> str:
-    """What the store holds, as a cache key: listed afresh each run on a disk, at most every 10 s remotely."""
-    return store.version() if store.local else _remote_version(store.root)
+    """What the store holds, as a cache key: listed once per page run on a disk (≤ 1 s old), at most every 10 s
+    remotely (listing an object store costs requests)."""
+    return (_local_version if store.local else _remote_version)(store.root)
 
 
 # Query results are cached once per server, shared by every session and never pickled (st.cache_resource),

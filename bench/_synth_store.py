@@ -571,6 +571,17 @@ class Writer:
                 self.checked.add((analysis, name, variant))
 
 
+def declaration(analysis: str):
+    """The module declaring an analysis's NAME, TABLES and SCHEMA_VERSION: ``specs.<name>`` where the code
+    has it, else ``analysis.<name>`` (older code, e.g. the legacy writer)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"subspace_atlas.specs.{analysis}")
+    except ImportError:
+        return importlib.import_module(f"subspace_atlas.analysis.{analysis}")
+
+
 def build_spectra(spec: Spec, writer: Writer, log: Log) -> None:
     """spectra jobs, one per checkpoint (and intruders jobs vs the base when the spec asks)."""
     from subspace_atlas.analysis import intruders, spectra
@@ -591,6 +602,7 @@ def build_spectra(spec: Spec, writer: Writer, log: Log) -> None:
         base_sigma, _ = singular_values(mats, *per_matrix.at(0.0, np.random.default_rng([spec.seed, 10**6])),
                                         rng=np.random.default_rng([spec.seed, 10**6 + 1]))
     sp_params, in_params = spectra.Params(), intruders.Params()
+    sp_spec, in_spec = declaration("spectra"), declaration("intruders")
     labeller = None
     t0 = time.perf_counter()
     for j, ckpt in enumerate(members):
@@ -607,19 +619,19 @@ def build_spectra(spec: Spec, writer: Writer, log: Log) -> None:
             labeller = checked_labeller(tables["values"].head(5000), ckpt)
         tables = {name: labeller(frame, ckpt) for name, frame in tables.items()}
         inputs = {"checkpoint": ckpt.identity, "tensors": "", "name": ckpt.name, "step": ckpt.step, "run": ckpt.run}
-        fp = fingerprint(spectra.NAME, sp_params, inputs, spectra.SCHEMA_VERSION)
+        fp = fingerprint(sp_spec.NAME, sp_params, inputs, sp_spec.SCHEMA_VERSION)
         created = START + timedelta(minutes=2 * j)
         wall = (52.5 if spec.model == "llama7b" else 1.2) * float(np.exp(crng.normal(0, 0.1)))
-        writer.write(spectra.NAME, fp, tables,
-                     provenance(sp_params, ckpt, device, wall, len(mats), created, spectra.SCHEMA_VERSION))
+        writer.write(sp_spec.NAME, fp, tables,
+                     provenance(sp_params, ckpt, device, wall, len(mats), created, sp_spec.SCHEMA_VERSION))
         if spec.intruders and ckpt.run:
             found = intruders_tables(mats, sigma, base_sigma, fraction, crng)
             found = {name: labeller(frame, ckpt, base) for name, frame in found.items()}
             inputs |= {"base": base.identity, "base_name": base.name}
-            fp = fingerprint(intruders.NAME, in_params, inputs, intruders.SCHEMA_VERSION)
-            writer.write(intruders.NAME, fp, found,
+            fp = fingerprint(in_spec.NAME, in_params, inputs, in_spec.SCHEMA_VERSION)
+            writer.write(in_spec.NAME, fp, found,
                          provenance(in_params, ckpt, device, wall * 1.7, len(mats), created + timedelta(minutes=1),
-                                    intruders.SCHEMA_VERSION, base=base))
+                                    in_spec.SCHEMA_VERSION, base=base))
         if (j + 1) % max(1, len(members) // 10) == 0 or j + 1 == len(members):
             log(f"  {spec.name}: {j + 1}/{len(members)} checkpoints ({time.perf_counter() - t0:.1f} s)")
 
@@ -647,6 +659,8 @@ def build_overlap(spec: Spec, writer: Writer, log: Log) -> None:
     from subspace_atlas.jobs import label_run
     from subspace_atlas.store import fingerprint
 
+    ov_spec = declaration("overlap")
+
     mats = matrices_of(spec)
     params = overlap.Params(reference=spec.reference)
     rng = np.random.default_rng(spec.seed)
@@ -666,15 +680,15 @@ def build_overlap(spec: Spec, writer: Writer, log: Log) -> None:
     log(f"  {spec.name}: pairs {len(tables['pairs']):,} rows ({time.perf_counter() - t0:.1f} s)")
     tables |= overlap_per_checkpoint(mats, sigmas(), params, rng)
     tables["convergence"] = overlap_convergence(tables["pairs"], mats, steps, params)
-    ordered = {name: tables[name] for name in overlap.TABLES if name in tables}
+    ordered = {name: tables[name] for name in ov_spec.TABLES if name in tables}
     labelled = label_run(ordered, members)
     del tables, ordered
     log(f"  {spec.name}: labelled ({time.perf_counter() - t0:.1f} s)")
     inputs = {"run": run, "members": [[c.identity, c.name, c.step] for c in members], "tensors": ""}
-    fp = fingerprint(overlap.NAME, params, inputs, overlap.SCHEMA_VERSION)
+    fp = fingerprint(ov_spec.NAME, params, inputs, ov_spec.SCHEMA_VERSION)
     prov = provenance(params, members[0], GPU, 40.0 * len(members), len(mats) * len(members), START,
-                      overlap.SCHEMA_VERSION, group=members)
-    writer.write(overlap.NAME, fp, labelled, prov)
+                      ov_spec.SCHEMA_VERSION, group=members)
+    writer.write(ov_spec.NAME, fp, labelled, prov)
     log(f"  {spec.name}: written ({time.perf_counter() - t0:.1f} s)")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 # Metric → its one-line meaning, in the order the app offers them.
 SPECTRA_METRICS: dict[str, str] = {
@@ -22,6 +25,16 @@ SPECTRA_METRICS: dict[str, str] = {
     "ks_distance": "Kolmogorov–Smirnov distance of the power-law fit (lower = better fit)",
     "sigma_max": "largest singular value",
 }
+
+
+MAX_LINES = 12  # checkpoints a line chart draws before it picks evenly spaced ones: more are not told apart
+
+# Column → axis title, where the column name is not already words a reader knows.
+LABELS: dict[str, str] = {"alpha_weighted": "alpha weighted", "log_norm": "log norm",
+                          "log_spectral_norm": "log spectral norm", "stable_rank": "stable rank",
+                          "log_alpha_norm": "log alpha norm", "effective_rank": "effective rank",
+                          "num_spikes": "spikes above the MP edge", "mp_softrank": "MP soft rank",
+                          "ks_distance": "KS distance", "sigma_max": "largest singular value"}
 
 
 def _empty(message: str) -> go.Figure:
@@ -50,14 +63,63 @@ def layer_kind_heatmap(matrices: pd.DataFrame, metric: str) -> go.Figure:
     return _layer_kind_grid(grid, f"{metric} by layer and kind", metric, "Viridis", ".2f")
 
 
+def in_step_order(frame: pd.DataFrame) -> list[str]:
+    """The frame's checkpoints by training step, then by name with numbers compared as numbers
+    (checkpoint-20 before checkpoint-100)."""
+    firsts = frame.drop_duplicates("checkpoint")
+    steps = firsts["step"] if "step" in firsts else pd.Series(np.nan, index=firsts.index)
+    keyed = sorted(zip(steps, firsts["checkpoint"]), key=lambda p: (pd.notna(p[0]), p[0] if pd.notna(p[0]) else 0,
+                                                                    natural_key(p[1])))
+    return [name for _, name in keyed]
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that reads runs of digits as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(name)))
+
+
+def spread(ordered: list, limit: int = MAX_LINES) -> list:
+    """At most ``limit`` items, evenly spaced, always the first and the last."""
+    if len(ordered) <= limit:
+        return list(ordered)
+    picks = np.unique(np.round(np.linspace(0, len(ordered) - 1, limit)).astype(int))
+    return [ordered[k] for k in picks]
+
+
+def _step_colours(count: int) -> list[str]:
+    """A sequential scale: early checkpoints dark, late ones bright, so order reads at a glance."""
+    return px.colors.sample_colorscale("Viridis", list(np.linspace(0, 0.9, count)) if count > 1 else [0.0])
+
+
+def _shown(total: int, drawn: int) -> str:
+    return "" if drawn == total else f" ({drawn} of {total} checkpoints, evenly spaced; choose fewer to see each)"
+
+
 def metric_by_layer(matrices: pd.DataFrame, metric: str) -> go.Figure:
-    """One line per checkpoint and kind: the metric across layers."""
+    """The metric across layers, one panel per kind and one line per checkpoint coloured by step order;
+    beyond ``MAX_LINES`` checkpoints, evenly spaced ones are drawn."""
     rows = matrices.dropna(subset=["layer", metric]).sort_values("layer")
     if rows.empty:
         return _empty(f"no per-layer values of {metric}")
-    fig = px.line(rows, x="layer", y=metric, color="checkpoint", line_dash="kind", markers=True,
-                  hover_data=["tensor"])
-    fig.update_layout(title=f"{metric} across layers", legend_title_text="checkpoint, kind")
+    order = in_step_order(rows)
+    drawn = spread(order)
+    kinds = sorted(rows["kind"].unique())
+    cols = min(3, len(kinds))
+    fig = make_subplots(rows=-(-len(kinds) // cols), cols=cols, subplot_titles=kinds, shared_xaxes=True,
+                        horizontal_spacing=0.06, vertical_spacing=0.12)
+    groups = dict(tuple(rows[rows["checkpoint"].isin(drawn)].groupby(["kind", "checkpoint"], sort=False)))
+    for k, kind in enumerate(kinds):
+        for checkpoint, colour in zip(drawn, _step_colours(len(drawn))):
+            one = groups.get((kind, checkpoint))
+            if one is None:
+                continue
+            fig.add_trace(go.Scatter(x=one["layer"], y=one[metric], mode="lines+markers", name=str(checkpoint),
+                                     legendgroup=str(checkpoint), showlegend=k == 0, line={"color": colour},
+                                     customdata=one[["tensor"]], hovertemplate="%{customdata[0]}<br>layer %{x}: "
+                                     "%{y:.3g}<extra>%{fullData.name}</extra>"), row=k // cols + 1, col=k % cols + 1)
+    fig.update_xaxes(dtick=1 if rows["layer"].nunique() <= 16 else None, tickformat="d")
+    fig.update_layout(title=f"{LABELS.get(metric, metric)} across layers{_shown(len(order), len(drawn))}",
+                      legend_title_text="checkpoint", height=260 * (-(-len(kinds) // cols)) + 80)
     return fig
 
 
@@ -105,12 +167,23 @@ def esd_with_fit(sigma: np.ndarray, fit: pd.Series, bins: int = 60) -> go.Figure
     return fig
 
 
-def singular_value_curves(values: pd.DataFrame) -> go.Figure:
-    """σ_i against rank i (log y), one line per checkpoint: how the whole spectrum compares."""
+def singular_value_curves(values: pd.DataFrame, order: list[str] | None = None) -> go.Figure:
+    """σ_i against rank i (log y), one line per checkpoint coloured by step order (``order``, default by
+    name): how the whole spectrum compares. Beyond ``MAX_LINES`` checkpoints, evenly spaced ones are drawn."""
     if values.empty:
         return _empty("no singular values")
-    fig = px.line(values, x="index", y="sigma", color="checkpoint", log_y=True)
-    fig.update_layout(title="singular values by rank", xaxis_title="rank i", yaxis_title="σ_i")
+    present = set(values["checkpoint"])
+    order = [c for c in (order or sorted(present, key=natural_key)) if c in present]
+    drawn = spread(order)
+    fig = go.Figure()
+    groups = dict(tuple(values[values["checkpoint"].isin(drawn)].groupby("checkpoint", sort=False)))
+    for checkpoint, colour in zip(drawn, _step_colours(len(drawn))):
+        one = groups[checkpoint].sort_values("index")
+        fig.add_trace(go.Scatter(x=one["index"], y=one["sigma"], mode="lines", name=str(checkpoint),
+                                 line={"color": colour}))
+    fig.update_yaxes(type="log", title="singular value σᵢ", exponentformat="power")
+    fig.update_layout(title=f"singular values by rank{_shown(len(order), len(drawn))}", xaxis_title="rank i",
+                      legend_title_text="checkpoint")
     return fig
 
 
@@ -426,10 +499,21 @@ def overlap_over_steps(rows: pd.DataFrame, reference: str) -> go.Figure:
     fig = px.line(mean.sort_values("step"), x="step", y="overlap", color="layer", facet_col="kind",
                   facet_col_wrap=3, markers=True, range_y=[0, 1.02], category_orders={"layer": order},
                   color_discrete_sequence=px.colors.sequential.Viridis)
-    chance = float(mean["chance"].mean())
-    fig.add_hline(y=chance, line_dash="dot", line_color="grey", annotation_text=f"chance ≈ {chance:.2g}")
+    _chance_line(fig, float(mean["chance"].mean()))
     fig.update_layout(title=f"Top-k subspace overlap with the {reference} checkpoint", height=480)
     return fig
+
+
+def _chance_line(fig: go.Figure, chance: float) -> None:
+    """A dotted line at the chance level across every panel, labelled once (``add_hline`` walks every trace
+    per panel: seconds on a run's figure)."""
+    panels = sorted(key.removeprefix("yaxis") for key in fig.layout.to_plotly_json() if key.startswith("yaxis"))
+    fig.update_layout(shapes=[{"type": "line", "xref": f"x{n} domain", "yref": f"y{n}", "x0": 0, "x1": 1,
+                               "y0": chance, "y1": chance, "line": {"dash": "dot", "color": "grey"}} for n in panels],
+                      annotations=list(fig.layout.annotations) + [
+                          {"text": f"chance ≈ {chance:.2g}", "xref": "paper", "yref": f"y{panels[0]}", "x": 1,
+                           "y": chance, "xanchor": "right", "yanchor": "bottom", "showarrow": False,
+                           "font": {"color": "grey"}}])
 
 
 def overlap_layer_step(rows: pd.DataFrame, reference: str) -> go.Figure:
@@ -451,11 +535,12 @@ def checkpoint_overlap_matrix(rows: pd.DataFrame) -> go.Figure:
     if rows.empty:
         return _empty("no pairs for this matrix")
     steps = sorted(set(rows["step_a"].dropna()) | set(rows["step_b"].dropna()))
-    grid = pd.DataFrame(np.nan, index=steps, columns=steps)
-    for a, b, value in rows[["step_a", "step_b", "overlap"]].itertuples(index=False):
-        grid.loc[a, b] = grid.loc[b, a] = value
-    for s in steps:
-        grid.loc[s, s] = 1.0
+    both = pd.concat([rows[["step_a", "step_b", "overlap"]],
+                      rows[["step_b", "step_a", "overlap"]].set_axis(["step_a", "step_b", "overlap"], axis=1)])
+    values = (both.pivot_table(index="step_a", columns="step_b", values="overlap", aggfunc="first")
+              .reindex(index=steps, columns=steps).to_numpy(dtype=float, copy=True))
+    np.fill_diagonal(values, 1.0)
+    grid = pd.DataFrame(values, index=steps, columns=steps)
     fig = px.imshow(grid, color_continuous_scale="Viridis", zmin=0, zmax=1,
                     labels={"x": "step", "y": "step", "color": "overlap"})
     fig.update_xaxes(type="category")

@@ -193,8 +193,10 @@ def _run_analysis(args: argparse.Namespace) -> int:
     planned = plan(spec, checkpoints, params, args.tensors, base=base,
                    cross=not getattr(args, "no_overlap", False), start=start)
     store = Store(args.store)
-    store.ensure_writable()
-    outcome, device = _compute(args, planned, store) if pending(planned, store, args.force) else (None, None)
+    work = pending(planned, store, args.force)
+    if work:
+        store.ensure_writable()  # a read-only, full or unreachable store fails now, not after the compute
+    outcome, device = _compute(args, planned, store) if work else (None, None)
     if outcome is None or not outcome.computed:
         print(f"{spec.NAME}: all {len(planned)} job(s) already in {store.root}; computed nothing")
     else:
@@ -256,6 +258,8 @@ def _run_scan(args: argparse.Namespace) -> int:
         print(("plan: " if args.dry_run else "") + line)
     if args.dry_run:
         return 0
+    if any(pending(planned, store, args.force) for _, planned in groups):
+        store.ensure_writable()
     computed = skipped = 0
     if args.executor == "ray":  # every group's tasks at once: the cluster is never left waiting on one group
         from subspace_atlas import executors

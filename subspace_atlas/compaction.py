@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from subspace_atlas.query import JOB_COLUMN
-from subspace_atlas.store import Manifest, Store, constant_columns
+from subspace_atlas.store import Manifest, Store, constant_columns, parquet_options
 from subspace_atlas.verify import leftovers
 
 SMALL_BYTES = 32 << 20  # parts at least this big are left as they are: merging them saves nothing
@@ -117,7 +117,7 @@ def _write_merged(store: Store, analysis: str, table: str, members: list[Manifes
     constants = {}
 
     def write(tmp: str) -> None:
-        with pq.ParquetWriter(tmp, schema, compression="zstd", filesystem=filesystem) as writer:
+        with pq.ParquetWriter(tmp, schema, filesystem=filesystem, **parquet_options(schema)) as writer:
             for m, path in zip(members, paths):
                 part = pq.read_table(path, filesystem=filesystem)
                 constants[m.fingerprint] = constant_columns(part.to_pandas())

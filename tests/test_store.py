@@ -266,3 +266,14 @@ def test_sigkill_during_a_rewrite_keeps_the_old_job_whole(tmp_path):
     assert store.table("spectra", "matrices")["alpha"].tolist() == [1.0]  # not the half-written rewrite's 9.0
     for k in range(12):
         assert store.table("spectra", f"values{k}")["x"].tolist() == [float(k)]
+
+
+def test_parts_encode_floats_byte_stream_split_and_names_as_dictionaries(tmp_path):
+    store = Store(tmp_path / "S")
+    want = frame(50)
+    store.write("spectra", "fp1", {"matrices": want}, PROVENANCE)
+    part = pq.ParquetFile(store.parts("spectra", "matrices")[0]).metadata.row_group(0)
+    encodings = {part.column(k).path_in_schema: set(part.column(k).encodings) for k in range(part.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in encodings["alpha"]
+    assert {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & encodings["checkpoint"]
+    pd.testing.assert_frame_equal(store.table("spectra", "matrices"), want)

@@ -28,7 +28,8 @@ def _store(root: Path) -> Store:
 def _garble(path: str) -> None:
     """Zero the data pages, keep the footer: the file opens, its rows do not decode."""
     data = Path(path).read_bytes()
-    Path(path).write_bytes(data[:100] + bytes(len(data) - 20_100) + data[-20_000:])
+    footer = int.from_bytes(data[-8:-4], "little") + 8  # the metadata's length, then "PAR1"
+    Path(path).write_bytes(data[:4] + bytes(len(data) - 4 - footer) + data[-footer:])
 
 
 def test_verify_finds_a_truncated_part_a_garbled_part_and_a_truncated_manifest(tmp_path, capsys):

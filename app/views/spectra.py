@@ -17,8 +17,7 @@ left, mid, right = st.columns([3, 2, 2])
 group = choose(left.selectbox, "Group", groups, key="spectra_group", url="group",
                help="Checkpoints that are not part of a run, or one run's checkpoints over training.")
 in_group = matrices[matrices["run"].isna()] if group == MODELS else matrices[matrices["run"] == group]
-checkpoints = (in_group.drop_duplicates("checkpoint").sort_values(["step", "checkpoint"], na_position="first")
-               ["checkpoint"].tolist())
+checkpoints = charts.in_step_order(in_group)
 chosen = choose(left.multiselect, "Checkpoints", checkpoints, default=checkpoints, key=f"spectra_checkpoints:{group}",
                 url="checkpoints")
 kinds = sorted(in_group["kind"].unique())
@@ -57,7 +56,8 @@ with density:
     compare = table(store, "spectra", "values", tensor=tensor, checkpoint=sorted(set(chosen) | {ckpt}))
     sigma = compare.loc[compare["checkpoint"] == ckpt, "sigma"].to_numpy()
     show(charts.esd_with_fit(sigma, row), key="esd")
-    show(charts.singular_value_curves(compare[compare["checkpoint"].isin(chosen)]), key="sv_curves")
+    show(charts.singular_value_curves(compare[compare["checkpoint"].isin(chosen)],
+                                      order=[c for c in checkpoints if c in set(chosen)]), key="sv_curves")
 with raw:
     st.dataframe(view, hide_index=True)
     csv_download(view, "spectra", key="spectra_csv")

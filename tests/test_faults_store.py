@@ -1,0 +1,149 @@
+"""Faults on the store's side (issue 17): a store that cannot be written fails before any compute, with the
+original error in one line; job claims let concurrent writers split the work; a killed claimant's job is
+taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from subspace_atlas import store as store_module
+from subspace_atlas.cli import main
+from subspace_atlas.errors import AtlasError
+from subspace_atlas.store import Store, atomic_write
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fails the test if any job's compute starts."""
+    from subspace_atlas import jobs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed before checking the store")
+
+    monkeypatch.setattr(jobs, "run", refuse)
+
+
+def test_a_store_below_a_file_fails_before_compute_with_one_line(tmp_path, tiny_model, no_compute, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc = main(["spectra", str(tiny_model), "--store", str(blocker / "store")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1
+    assert "not writable" in err[0] and str(blocker / "store") in err[0]
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_read_only_filesystem_fails_before_compute(tiny_model, no_compute, capsys):
+    target = "/sys/subspace-atlas-store"  # sysfs refuses new folders, also to root
+    rc = main(["spectra", str(tiny_model), "--store", target])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "not writable" in err[0] and "not permitted" in err[0].lower()
+    assert not os.path.exists(target)
+
+
+def test_an_unreachable_object_store_fails_before_compute(tiny_model, no_compute, capsys, monkeypatch):
+    import s3fs
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cache", {})  # fsspec reuses filesystems: this one is ours alone
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    rc = main(["spectra", str(tiny_model), "--store", "s3://unreachable-bucket/store"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "s3://unreachable-bucket/store" in err[0] and f"127.0.0.1:{port}" in err[0]
+
+
+def test_a_cached_rerun_needs_no_writable_store(tmp_path, tiny_model, capsys):
+    root = tmp_path / "S"
+    assert main(["spectra", str(tiny_model), "--store", str(root)]) == 0
+    os.chmod(root, 0o555)  # root ignores modes; what matters is that no probe is written on a cached rerun
+    try:
+        before = sorted(p.name for p in root.rglob("*"))
+        assert main(["spectra", str(tiny_model), "--store", str(root)]) == 0
+        assert "computed nothing" in capsys.readouterr().out
+        assert sorted(p.name for p in root.rglob("*")) == before
+    finally:
+        os.chmod(root, 0o755)
+
+
+def test_a_failed_write_reports_its_own_error_not_the_cleanup(tmp_path):
+    def fail(tmp: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(tmp_path / "x.parquet", fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- claims
+
+def test_a_claim_excludes_a_second_claimant_until_released(tmp_path):
+    store = Store(tmp_path / "S")
+    with store.claim("spectra", "fp1") as first:
+        assert first is None
+        with store.claim("spectra", "fp1") as second:
+            assert second == f"{socket.gethostname()} pid {os.getpid()}"
+        with store.claim("spectra", "fp2") as other:
+            assert other is None
+    with store.claim("spectra", "fp1") as again:
+        assert again is None
+    assert not list((tmp_path / "S" / "spectra" / "_claims").iterdir())
+
+
+def _write_claim(store: Store, fp: str, **claim) -> None:
+    folder = os.path.join(store.root, "spectra", "_claims")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{fp}.claim"), "w") as fh:
+        json.dump(claim, fh)
+
+
+def test_the_claim_of_a_dead_process_or_an_old_one_is_taken_over(tmp_path):
+    store = Store(tmp_path / "S")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_claim(store, "fp-dead", host=socket.gethostname(), pid=dead.pid, time=time.time())
+    _write_claim(store, "fp-old", host="elsewhere", pid=1, time=time.time() - store_module.CLAIM_TTL_S - 1)
+    _write_claim(store, "fp-live", host="elsewhere", pid=1, time=time.time())
+    _write_claim(store, "fp-garbled", host=socket.gethostname(), pid="x")
+    for fp in ("fp-dead", "fp-old", "fp-garbled"):
+        with store.claim("spectra", fp) as holder:
+            assert holder is None, fp
+    with store.claim("spectra", "fp-live") as holder:
+        assert holder == "elsewhere pid 1"
+
+
+def test_claims_on_an_object_store(s3):
+    from conftest import BUCKET
+
+    store = Store(f"s3://{BUCKET}/claims")
+    with store.claim("spectra", "fp1") as first:
+        assert first is None
+        with store.claim("spectra", "fp1") as second:
+            assert second is not None
+    assert not s3.glob(f"{BUCKET}/claims/spectra/_claims/*")
+
+
+def test_ensure_writable_leaves_nothing_behind(tmp_path, s3):
+    from conftest import BUCKET
+
+    local = Store(tmp_path / "new" / "S")
+    local.ensure_writable()
+    assert (tmp_path / "new" / "S").is_dir() and not list((tmp_path / "new" / "S").iterdir())
+    Store(f"s3://{BUCKET}/probe").ensure_writable()
+    assert not s3.glob(f"{BUCKET}/probe/*")
+    with pytest.raises(AtlasError, match="exists and is not a folder"):
+        (tmp_path / "f").write_text("")
+        Store(tmp_path / "f").ensure_writable()
