@@ -10,15 +10,15 @@ Full tensors an adapter stores (``modules_to_save``) come back from ``full_tenso
 
 from __future__ import annotations
 
-import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from subspace_atlas.checkpoints import Checkpoint, TensorInfo
-from subspace_atlas.errors import AtlasError
+from subspace_atlas.checkpoints import Checkpoint, TensorInfo, read_json
+from subspace_atlas.errors import AtlasError, brief, is_utf8
 
 if TYPE_CHECKING:
     import torch
@@ -68,18 +68,18 @@ class LoraAdapter:
     def __init__(self, ckpt: Checkpoint):
         self.ckpt = ckpt
         path = ckpt.path / CONFIG
-        try:
-            self.config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise AtlasError(f"{path}: not a readable adapter config ({err})") from err
+        self.config = _checked_config(read_json(path, "not a readable adapter config"), path)
         kind = self.config.get("peft_type", "LORA")
         if kind != "LORA":
-            raise AtlasError(f"{ckpt.path}: a {kind} adapter; only LoRA adapters (peft_type LORA) can be merged")
+            raise AtlasError(f"{ckpt.path}: a {brief(kind)} adapter; only LoRA adapters (peft_type LORA) can be "
+                             "merged")
         if self.config.get("use_dora"):
             raise AtlasError(f"{ckpt.path}: a DoRA adapter; DoRA rescales the columns of W0 + BA by a learned "
                              "magnitude, which is not merged here (merge it with PEFT and pass the merged model)")
         self.base_path = self.config.get("base_model_name_or_path")
         self.fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
+        self._rank_pattern = _patterns(self.config, "rank_pattern", path)
+        self._alpha_pattern = _patterns(self.config, "alpha_pattern", path)
         self._targets, self._full = self._scan()
 
     def _scan(self) -> tuple[dict[str, _Target], dict[str, str]]:
@@ -103,6 +103,7 @@ class LoraAdapter:
                 pair.get("lora_A"), pair.get("lora_B"))
             if a is None or b is None:
                 raise AtlasError(f"{self.ckpt.path}: module {module!r} has only one of its two LoRA factors")
+            _check_factors(self.ckpt.path, module, infos[a].shape, infos[b].shape)
             name = module.removeprefix(_WRAPPER)
             targets[f"{name}.weight"] = _Target(a, b, embedding, self._scale(name, infos[a].shape[0]))
         if not targets:
@@ -111,8 +112,8 @@ class LoraAdapter:
 
     def _scale(self, module: str, stored_rank: int) -> float:
         """PEFT's scaling: alpha / r, or alpha / sqrt(r) for rsLoRA, with per-module rank/alpha patterns."""
-        rank = _pattern_value(self.config.get("rank_pattern") or {}, module, self.config.get("r", stored_rank))
-        alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config.get("lora_alpha", rank))
+        rank = _pattern_value(self._rank_pattern, module, self.config.get("r", stored_rank))
+        alpha = _pattern_value(self._alpha_pattern, module, self.config.get("lora_alpha", rank))
         if rank != stored_rank:
             raise AtlasError(f"{self.ckpt.path}: module {module!r} stores rank {stored_rank} but the config says "
                              f"r = {rank}")
@@ -134,8 +135,6 @@ class LoraAdapter:
         """The factored update of one target weight, oriented like that weight."""
         target = self._targets[weight]
         a, b = self.ckpt.load(target.a_key), self.ckpt.load(target.b_key)
-        if a.shape[0] != b.shape[1]:
-            raise AtlasError(f"{self.ckpt.path}: {weight}: lora_A is {list(a.shape)} but lora_B is {list(b.shape)}")
         if target.embedding or self.fan_in_fan_out:  # PEFT merges these as (B A)ᵀ = Aᵀ Bᵀ
             return LoraUpdate(a.T, b.T, target.scale)
         return LoraUpdate(b, a, target.scale)
@@ -149,17 +148,80 @@ class LoraAdapter:
         return self.ckpt.load(self._full[name])
 
 
-def _pattern_value(patterns: dict, module: str, default):
+def _pattern_value(patterns: list[tuple[re.Pattern, object]], module: str, default):
     """PEFT's per-module override: a key matches when the module name ends with it (as a regex)."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+    for pattern, value in patterns:
+        if pattern.match(module):
             return value
     return default
+
+
+def _checked_config(config: object, path: Path) -> dict:
+    """The adapter config, refused (naming the file and the field) where PEFT's own types do not hold:
+    an object, ``r`` a positive integer, ``lora_alpha`` a finite number, the base model a string."""
+    if not isinstance(config, dict):
+        raise AtlasError(f"{path}: not a readable adapter config (a JSON {type(config).__name__}, not an object)")
+    for key, (valid, kind) in _FIELDS.items():
+        if key in config:
+            _check_value(config[key], valid, f"{path}: {key}", kind)
+    base = config.get("base_model_name_or_path")
+    if base is not None and not (isinstance(base, str) and "\0" not in base and is_utf8(base)):
+        raise AtlasError(f"{path}: base_model_name_or_path {brief(base)} is not a path or hub id")
+    return config
+
+
+def _patterns(config: dict, key: str, path: Path) -> list[tuple[re.Pattern, object]]:
+    """``rank_pattern`` / ``alpha_pattern`` compiled as PEFT matches them, each value checked like the field
+    it overrides; a key that is not a regex is an AtlasError naming the file."""
+    patterns = config.get(key) or {}
+    if not isinstance(patterns, dict):
+        raise AtlasError(f"{path}: {key} is {brief(patterns)}, not an object of module patterns")
+    valid, kind = _FIELDS[_OVERRIDES[key]]
+    compiled = []
+    for pattern, value in patterns.items():
+        _check_value(value, valid, f"{path}: {key}[{brief(pattern)}]", kind)
+        try:
+            compiled.append((re.compile(rf"(.*\.)?({pattern})$"), value))
+        except (re.error, RecursionError, OverflowError) as err:
+            raise AtlasError(f"{path}: {key} key {brief(pattern)} is not a valid regular expression "
+                             f"({type(err).__name__}: {err})") from err
+    return compiled
+
+
+def _check_value(value: object, valid: Callable[[object], bool], what: str, kind: str) -> None:
+    if not valid(value):
+        raise AtlasError(f"{what} is {brief(value)}, not {kind}")
+
+
+def _is_rank(value: object) -> bool:
+    return type(value) is int and value > 0
+
+
+def _is_alpha(value: object) -> bool:
+    """A finite number, also as a float (a 400-digit integer is not one)."""
+    try:
+        return type(value) in (int, float) and math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+_FIELDS = {"r": (_is_rank, "a positive integer"), "lora_alpha": (_is_alpha, "a finite number")}
+_OVERRIDES = {"rank_pattern": "r", "alpha_pattern": "lora_alpha"}
+
+
+def _check_factors(path: Path, module: str, a: tuple[int, ...], b: tuple[int, ...]) -> None:
+    """LoRA factors are matrices, A r × in and B out × r, sharing the rank r."""
+    if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+        raise AtlasError(f"{path}: module {module!r}: lora_A is {list(a)} but lora_B is {list(b)}; LoRA factors "
+                         "are an r × in and an out × r matrix (conv and other non-matrix LoRA layers are not merged)")
 
 
 def recorded_base(adapter: LoraAdapter) -> Path | None:
     """The adapter's recorded base model when that is a folder on this machine (else a hub id: None)."""
     if not adapter.base_path:
         return None
-    path = Path(adapter.base_path).expanduser()
-    return path.resolve() if path.exists() else None
+    try:
+        path = Path(adapter.base_path).expanduser()
+        return path.resolve() if path.exists() else None
+    except (OSError, RuntimeError):  # a name too long, an unknown ~user: no folder here
+        return None

@@ -2,9 +2,11 @@
 
 Formats: a single ``.safetensors`` file; an HF folder (``model.safetensors``, shards listed in
 ``*.safetensors.index.json``, ``pytorch_model.bin`` and its index); ``.bin`` / ``.pt`` / ``.pth`` state
-dicts, loaded only with ``weights_only=True``; PEFT adapter folders (their tensors as stored); and run
-folders whose children are checkpoints (``checkpoint-500``, ``step500``, ``global_step500`` …), the
-step read from the name or ``trainer_state.json``.
+dicts, loaded only with ``weights_only=True``; PEFT adapter folders (their tensors as stored); folders
+of loose weight files without an index (one checkpoint per file); and run folders whose children are
+checkpoints (``checkpoint-500``, ``step500``, ``global_step500`` …), the step read from the name or
+``trainer_state.json``. Bad input (a malformed header or index, a FIFO, a name that is not UTF-8) is one
+``AtlasError`` line naming the file.
 
 Reading a checkpoint's tensor list touches headers only. ``load`` reads one tensor; ``stream`` reads
 a list of them in a background thread, a bounded number ahead, so disk reads overlap compute and
@@ -17,19 +19,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
 import pickle
 import queue
 import re
-import struct
+import stat
 import threading
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 
-from subspace_atlas.errors import AtlasError
+from subspace_atlas import safetensors_header
+from subspace_atlas.errors import AtlasError, brief, first_line, is_utf8
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +44,10 @@ PICKLES = (".bin", ".pt", ".pth")
 _STEP_NAME = re.compile(r"(?:checkpoint|global_step|step|ckpt|iter|iteration|epoch)[-_]?(\d+)$", re.I)
 _SAMPLE_CHUNK = 64 * 1024
 _SAMPLE_COUNT = 16
+_MAX_STEP = (1 << 63) - 1  # steps are stored as int64
+_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_SINGLES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,14 +82,45 @@ def select_matrices(infos: Iterable[TensorInfo]) -> tuple[list[TensorInfo], list
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"}
 # Bytes per element of a dtype, by its torch name (``TensorInfo.dtype``).
 ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
-            "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
-# safetensors dtype code → torch dtype name.
-_SAFETENSORS_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-    "BOOL": "bool",
-}
-_MAX_HEADER = 100 << 20
+            "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1,
+            "bool": 1}
+
+
+def _require_regular(path: Path) -> None:
+    """Refuse anything but a regular file before it is opened: opening a FIFO blocks until a writer comes,
+    and a device such as ``/dev/zero`` never ends."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise _unreadable(path, err) from err
+    if not stat.S_ISREG(mode):
+        raise AtlasError(f"{path}: not a regular file (a folder, device, FIFO or socket)")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading once it is known to be a regular file. The open is non-blocking, so a
+    FIFO swapped in after the check reads as empty instead of hanging."""
+    _require_regular(path)
+    try:
+        return os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+    except OSError as err:
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: Path, err: OSError) -> AtlasError:
+    return AtlasError(f"{path}: cannot be read ({err.strerror or err})")
+
+
+def read_json(path: Path, problem: str) -> object:
+    """A JSON file's value; an unreadable, invalid or absurdly nested file is ``"{path}: {problem} (why)"``."""
+    try:
+        with open_regular(path) as fh:
+            raw = fh.read()
+        return json.loads(raw)
+    except RecursionError as err:
+        raise AtlasError(f"{path}: {problem} (JSON nested too deeply)") from err
+    except (OSError, ValueError) as err:
+        raise AtlasError(f"{path}: {problem} ({err})") from err
 
 
 class _SafetensorsFile:
@@ -88,61 +128,37 @@ class _SafetensorsFile:
 
     A memory map would leave every page read resident (and counted in RSS) until the file is closed,
     so a 2 GB model would cost 2 GB of RSS; reading each tensor into its own buffer bounds memory by
-    the tensor. The header is validated against the file size, so a truncated file fails on open.
+    the tensor. The header is checked as the ``safetensors`` library checks it (``safetensors_header``),
+    so a truncated or malformed file fails on open.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        size = path.stat().st_size
-        try:
-            with path.open("rb") as fh:
-                (length,) = struct.unpack("<Q", fh.read(8).ljust(8, b"\0"))
-                if not 2 <= length <= min(size - 8, _MAX_HEADER):
-                    raise ValueError(f"header length {length} does not fit a {size}-byte file")
-                header = json.loads(fh.read(length))
-            if not isinstance(header, dict):
-                raise ValueError("header is not a JSON object")
-        except (ValueError, UnicodeDecodeError, struct.error) as err:
-            raise AtlasError(f"{path}: not a readable safetensors file ({err})") from err
-        self._data_start = 8 + length
-        data_size = size - self._data_start
-        self.infos: dict[str, TensorInfo] = {}
-        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            try:
-                dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-                shape = tuple(int(d) for d in entry["shape"])
-                begin, end = (int(o) for o in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError) as err:
-                raise AtlasError(f"{path}: tensor {name!r} has a malformed header entry ({err})") from err
-            expected = math.prod(shape) * ITEMSIZE[dtype]
-            if end - begin != expected or begin < 0:
-                raise AtlasError(f"{path}: tensor {name!r} spans {end - begin} bytes, its shape needs {expected}")
-            if end > data_size:
-                raise AtlasError(f"{path}: truncated: tensor {name!r} ends at byte {self._data_start + end} "
-                                 f"of a {size}-byte file")
-            self._entries[name] = (dtype, shape, begin, end)
-            self.infos[name] = TensorInfo(name, shape, dtype)
+        with open_regular(path) as fh:
+            self._data_start, self._entries = safetensors_header.read(fh, os.fstat(fh.fileno()).st_size, path)
+        self.infos = {name: TensorInfo(name, e.shape, e.dtype) for name, e in self._entries.items()}
 
     def load(self, name: str) -> torch.Tensor:
         import torch
 
-        dtype_name, shape, begin, end = self._entries[name]
-        dtype = getattr(torch, dtype_name)
-        if end == begin:
-            return torch.empty(shape, dtype=dtype)
-        buffer = bytearray(end - begin)
+        entry = self._entries[name]
+        dtype = getattr(torch, entry.dtype)
+        if entry.end == entry.begin:
+            return torch.empty(entry.shape, dtype=dtype)
         try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._data_start + begin)
+            buffer = bytearray(entry.end - entry.begin)
+        except MemoryError as err:
+            raise AtlasError(f"{self.path}: tensor {name!r} needs {entry.end - entry.begin} bytes, more memory "
+                             "than this machine has free") from err
+        with open_regular(self.path) as fh:
+            try:
+                fh.seek(self._data_start + entry.begin)
                 got = fh.readinto(buffer)
-        except OSError as err:
-            raise AtlasError(f"{self.path}: tensor {name!r} could not be read ({err})") from err
+            except OSError as err:
+                raise AtlasError(f"{self.path}: tensor {name!r} could not be read ({err})") from err
         if got != len(buffer):
             raise AtlasError(f"{self.path}: tensor {name!r} could not be read (file shrank while reading)")
-        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
 
 
 class _PickleFile:
@@ -153,7 +169,12 @@ class _PickleFile:
         state = _torch_load(path)
         self.tensors: dict[str, torch.Tensor] = {}
         self.non_tensors: list[str] = []
-        _flatten(state, "", self.tensors, self.non_tensors)
+        try:
+            _flatten(state, "", self.tensors, self.non_tensors)
+        except RecursionError as err:
+            raise AtlasError(f"{path}: not a readable torch checkpoint (dicts nested too deeply)") from err
+        except ValueError as err:
+            raise AtlasError(f"{path}: not a readable torch checkpoint ({err})") from err
         self.infos = {
             name: TensorInfo(name, tuple(t.shape), str(t.dtype).removeprefix("torch."))
             for name, t in self.tensors.items()
@@ -166,6 +187,7 @@ class _PickleFile:
 def _torch_load(path: Path) -> object:
     import torch
 
+    _require_regular(path)
     mmap = zipfile.is_zipfile(path)  # only the zip format can be memory-mapped
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -177,15 +199,24 @@ def _torch_load(path: Path) -> object:
             f"{path}: refused: this pickle would run code or load objects other than tensors, and only "
             f"weights_only=True loads are allowed ({first})"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise AtlasError(f"{path}: not a readable torch checkpoint ({err})") from err
+    except Exception as err:  # noqa: BLE001 (whatever a damaged file makes torch.load raise, it is unreadable)
+        raise AtlasError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {first_line(err)})"
+                         ) from err
 
 
 def _flatten(obj: object, prefix: str, out: dict[str, torch.Tensor], skipped: list[str]) -> None:
-    """Flatten nested dicts (``{"model": {...}}``, ``{"state_dict": {...}}``) into dotted tensor names."""
+    """Flatten nested dicts (``{"model": {...}}``, ``{"state_dict": {...}}``) into dotted tensor names.
+
+    A name two entries flatten to (``{"a.b": x, "a": {"b": y}}``) or one that is not valid Unicode is a
+    ``ValueError``: keeping either tensor, or storing the name, would go wrong silently later.
+    """
     import torch
 
     if isinstance(obj, torch.Tensor):
+        if prefix in out:
+            raise ValueError(f"two entries flatten to the tensor name {prefix!r}")
+        if not is_utf8(prefix):
+            raise ValueError(f"tensor name {prefix!r} is not valid Unicode")
         out[prefix] = obj
     elif isinstance(obj, dict):
         for key, value in obj.items():
@@ -213,17 +244,28 @@ class Checkpoint:
     run: str | None = None
     _sources: dict[str, _SafetensorsFile | _PickleFile] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        for text in (str(self.path), *map(str, self.files), self.name):
+            _require_utf8(text)
+
     def _index(self) -> dict[str, _SafetensorsFile | _PickleFile]:
+        """Every tensor name → the opened file holding it; a name in two files of this checkpoint is an error."""
         if self._sources is None:
             sources: dict[str, _SafetensorsFile | _PickleFile] = {}
             for file in self.files:
-                if not file.exists():
-                    raise AtlasError(f"{file}: listed by {self.path} but missing")
-                opened = _open_file(file)
+                opened = _open_file(self._listed(file))
                 for name in opened.infos:
-                    sources.setdefault(name, opened)
+                    if name in sources:
+                        raise AtlasError(f"{self.path}: tensor {name!r} is in both {sources[name].path.name} and "
+                                         f"{file.name}; the files of one checkpoint must not share tensor names")
+                    sources[name] = opened
             self._sources = sources
         return self._sources
+
+    def _listed(self, file: Path) -> Path:
+        if not file.exists():
+            raise AtlasError(f"{file}: listed by {self.path} but missing")
+        return file
 
     def __getstate__(self) -> dict:
         """Pickle (to a Ray worker) without the opened files: they reopen there, lazily."""
@@ -259,17 +301,15 @@ class Checkpoint:
         """A path-independent content fingerprint: sizes, headers and sampled bytes of every weight file."""
         digest = hashlib.sha256()
         for file in sorted(self.files, key=lambda p: p.name):
-            if not file.is_file():
-                raise AtlasError(f"{file}: listed by {self.path} but missing")
             digest.update(file.name.encode())
-            digest.update(_sample_hash(file))
+            digest.update(_sample_hash(self._listed(file)))
         return digest.hexdigest()[:24]
 
 
 def _sample_hash(path: Path) -> bytes:
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        digest = hashlib.sha256(str(size).encode())
         digest.update(fh.read(1 << 20))  # the header and first tensors
         if size > (1 << 20):
             for i in range(_SAMPLE_COUNT + 1):
@@ -327,85 +367,177 @@ def _prefetch(items: Iterator[tuple[str, int, object]], budget: int) -> Iterator
         thread.join(timeout=5)
 
 
-def _weight_files(folder: Path) -> tuple[Path, ...]:
-    """The weight files of a checkpoint folder, in the precedence HF uses; empty when there are none."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
+def _file_sets(folder: Path) -> list[tuple[Path, ...]]:
+    """The weight files of a folder's checkpoints, in the precedence HF uses; empty when there are none.
+
+    An index's shards, or one standard file (``model.safetensors`` …), make one checkpoint. Otherwise
+    each loose weight file is a checkpoint of its own: files without an index saying they belong
+    together are as likely separate models as parts of one, and merging two models would mix them.
+    """
+    for index in (folder / name for name in _INDEXES):
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise AtlasError(f"{index}: not a valid shard index ({err})") from err
-            return tuple(folder / shard for shard in dict.fromkeys(weight_map.values()))
-    for single in ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin"):
-        if (folder / single).exists():
-            return ((folder / single),)
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in SAFETENSORS)
-    if not found:
-        found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLES)
-    return tuple(found)
+            return [_shards(index)]
+    for single in (folder / name for name in _SINGLES):
+        if single.exists():
+            return [(single,)]
+    files = [p for p in _listing(folder) if p.is_file()]
+    loose = [p for p in files if p.suffix in SAFETENSORS] or [p for p in files if p.suffix in PICKLES]
+    return [(p,) for p in loose]
+
+
+def _shards(index: Path) -> tuple[Path, ...]:
+    """The files a shard index lists, in first-listed order."""
+    data = read_json(index, "not a valid shard index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise AtlasError(f"{index}: not a valid shard index (no \"weight_map\" object of tensor names to files)")
+    return tuple(dict.fromkeys(_shard_path(index, shard) for shard in weight_map.values()))
+
+
+def _shard_path(index: Path, shard: object) -> Path:
+    """A shard the index names: a relative path inside the index's folder (not absolute, no ``..``).
+
+    Checked on the name, not the resolved path: HF's cache links each shard to a blob outside the folder.
+    """
+    relative = PurePosixPath(shard) if isinstance(shard, str) else None
+    if relative is None or not shard or "\0" in shard or relative.is_absolute() or ".." in relative.parts:
+        raise AtlasError(f"{index}: not a valid shard index (weight_map names {brief(shard)}, not a file "
+                         "inside the index's folder)")
+    return index.parent / relative
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:
+        raise _unreadable(folder, err) from err
+
+
+def _as_step(value: object, what: str) -> int:
+    """A step as stored (int64): a non-negative integer below 2**63, else an AtlasError naming ``what``."""
+    if type(value) is not int or not 0 <= value <= _MAX_STEP:
+        raise AtlasError(f"{what} {brief(value)} is not a step (a non-negative integer below 2**63)")
+    return value
+
+
+def _trainer_step(folder: Path) -> int | None:
+    """``global_step`` from the folder's ``trainer_state.json``; None when there is no such file."""
+    state = folder / "trainer_state.json"
+    if not state.exists():
+        return None
+    data = read_json(state, "not a readable trainer state")
+    if not isinstance(data, dict):
+        raise AtlasError(f"{state}: not a readable trainer state (not a JSON object)")
+    if "global_step" not in data:  # e.g. a run's final model folder: not a step of the run
+        return None
+    return _as_step(data["global_step"], f"{state}: global_step")
 
 
 def _step_of(path: Path) -> int | None:
+    """The step in the name, else ``trainer_state.json``'s; None when neither gives one.
+
+    A step that cannot be read (a malformed trainer state, a number past int64) is None with a warning
+    naming the file: the checkpoint stays where it is, without a step, rather than failing or vanishing.
+    """
     match = _STEP_NAME.search(path.stem if path.is_file() else path.name)
-    if match:
-        return int(match.group(1))
-    state = path / "trainer_state.json" if path.is_dir() else None
-    if state is not None and state.exists():
-        try:
-            return int(json.loads(state.read_text())["global_step"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            return None
-    return None
+    try:
+        if match:
+            return _as_step(int(match.group(1)), f"{path}: step")
+        return _trainer_step(path) if path.is_dir() else None
+    except AtlasError as err:
+        _log.warning("subspace-atlas: warning: %s; %s is read without a step", err, path.name)
+        return None
 
 
-def _children(folder: Path) -> list[Path]:
-    """Children of a run folder that are checkpoints: step-named folders with weights, or step-named files."""
+def _claims_step(folder: Path) -> bool:
+    """Whether a folder says it is a run's checkpoint: a step in its name, or a ``trainer_state.json`` with a
+    ``global_step`` (or one too broken to tell: kept without a step, with a warning, never dropped)."""
+    state = folder / "trainer_state.json"
+    if _STEP_NAME.search(folder.name) or not state.exists():
+        return bool(_STEP_NAME.search(folder.name))
+    try:
+        data = read_json(state, "not a readable trainer state")
+    except AtlasError:
+        return True
+    return not isinstance(data, dict) or "global_step" in data
+
+
+def _children(folder: Path) -> list[tuple[Path, int | None, list[tuple[Path, ...]]]]:
+    """A run folder's checkpoints as ``(path, step, weight file sets)`` in step order (unknown steps last):
+    folders that claim a step and hold weights, and step-named weight files."""
     kids = []
-    for child in folder.iterdir():
+    for child in _listing(folder):
         if child.name.startswith("."):
             continue
-        if child.is_dir() and _step_of(child) is not None and _weight_files(child):
-            kids.append(child)
+        if child.is_dir() and _claims_step(child):
+            sets = _file_sets(child)
+            if sets:
+                kids.append((child, sets))
         elif child.is_file() and child.suffix in SAFETENSORS + PICKLES and _STEP_NAME.search(child.stem):
-            kids.append(child)
-    return sorted(kids, key=lambda p: (_step_of(p), p.name))
+            kids.append((child, [(child,)]))
+    stepped = [(kid, _step_of(kid), sets) for kid, sets in kids]
+    return sorted(stepped, key=lambda kid: (kid[1] is None, kid[1] or 0, kid[0].name))
+
+
+def _in_folder(folder: Path, sets: list[tuple[Path, ...]], name: str, prefix: str, step: int | None,
+               run: str | None) -> list[Checkpoint]:
+    """One set of files is the checkpoint ``name`` at ``folder``; several (loose files) are one checkpoint
+    each, ``prefix/stem`` at the file."""
+    if len(sets) == 1:
+        return [Checkpoint(name=name, path=folder, files=sets[0], step=step, run=run)]
+    return [Checkpoint(name=f"{prefix}/{files[0].stem}", path=files[0], files=files, step=step, run=run)
+            for files in sets]
+
+
+def _require_utf8(text: str) -> None:
+    """Refuse a name or path that is not valid UTF-8 (a non-UTF-8 file name, a ``\\ud800`` escape in an
+    index): it could not be stored, printed or even opened as named."""
+    if not is_utf8(text):
+        shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise AtlasError(f"{shown}: not valid UTF-8; rename it (checkpoint names and paths are stored as UTF-8 text)")
+
+
+def _existing(path: str | Path) -> Path:
+    """The absolute path of a file or folder that exists; anything else is an AtlasError naming it."""
+    _require_utf8(str(path))
+    try:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise AtlasError(f"{path}: no such file or folder")
+        return path.resolve()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        raise AtlasError(f"{brief(str(path), 200)}: cannot be opened ({err})") from err
 
 
 def open_checkpoints(path: str | Path, name: str | None = None) -> list[Checkpoint]:
     """Expand a path into checkpoints: a file or folder is one; a run folder is its children in step order.
 
-    ``name`` replaces the checkpoint's display name (the file stem or folder name), or a run's name.
+    ``name`` replaces the checkpoint's display name (the file stem or folder name), or a run's name. A
+    folder of several loose weight files (no index) is one checkpoint per file, ``folder/stem``.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise AtlasError(f"{path}: no such file or folder")
-    path = path.resolve()
+    path = _existing(path)
     if path.is_file():
         if path.suffix not in SAFETENSORS + PICKLES:
             raise AtlasError(f"{path}: unknown checkpoint format (expected {', '.join(SAFETENSORS + PICKLES)})")
         return [Checkpoint(name=name or path.stem, path=path, files=(path,), step=_step_of(path))]
+    if not path.is_dir():
+        raise AtlasError(f"{path}: not a checkpoint (a device, FIFO or socket, not a regular file or folder)")
     children = _children(path)
-    own = tuple(f for f in _weight_files(path) if f not in children)  # step-named files are children
+    kids = {kid for kid, _, _ in children}
+    own = [files for files in _file_sets(path) if files[0] not in kids]  # step-named files are children
     if not own and not children:
         raise AtlasError(
             f"{path}: no checkpoint found (looked for *.safetensors, shard indexes, pytorch_model.bin, "
             f"*.pt/*.pth, and checkpoint-N / stepN subfolders)"
         )
     run = (name or path.name) if children else None
-    found = [
-        Checkpoint(
-            name=f"{run}/{child.stem if child.is_file() else child.name}",
-            path=child,
-            files=(child,) if child.is_file() else _weight_files(child),
-            step=_step_of(child),
-            run=run,
-        )
-        for child in children
-    ]
+    found = []
+    for kid, step, sets in children:
+        label = f"{run}/{kid.stem if kid.is_file() else kid.name}"
+        found += _in_folder(kid, sets, label, label, step, run)
     if own:
-        found.append(Checkpoint(name=f"{run}/final" if run else (name or path.name), path=path, files=own,
-                                step=_step_of(path), run=run))
+        found += _in_folder(path, own, f"{run}/final" if run else (name or path.name), run or name or path.name,
+                            _step_of(path), run)
     return found
 
 
@@ -413,6 +545,6 @@ def open_one(path: str | Path, name: str | None = None, flag: str = "") -> Check
     """Exactly one checkpoint (a base, a run's start, a model to probe); a run folder is an error naming ``flag``."""
     found = open_checkpoints(path, name)
     if len(found) != 1:
-        raise AtlasError(f"{flag + ' ' if flag else ''}{path}: a run folder of {len(found)} checkpoints; "
-                         "give one checkpoint")
+        raise AtlasError(f"{flag + ' ' if flag else ''}{path}: holds {len(found)} checkpoints (a run folder, or "
+                         "weight files without an index); give one checkpoint")
     return found[0]

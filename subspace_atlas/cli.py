@@ -250,14 +250,15 @@ def _run_scan(args: argparse.Namespace) -> int:
     from subspace_atlas.store import Store
 
     store = Store(args.store)
-    groups = scan.plan(args.folder, tuple(args.analyses) if args.analyses else scan.ALL)
+    found = scan.plan(args.folder, tuple(args.analyses) if args.analyses else scan.ALL)
+    groups, failed = found.groups, list(found.failed)
     if not groups:
         print(f"scan: nothing to analyse under {args.folder}")
-        return 0
+        return scan.report(found.skipped, failed)
     for line in scan.describe(groups, store):
         print(("plan: " if args.dry_run else "") + line)
     if args.dry_run:
-        return 0
+        return scan.report(found.skipped, failed)
     if any(pending(planned, store, args.force) for _, planned in groups):
         store.ensure_writable()
     computed = skipped = 0
@@ -273,13 +274,14 @@ def _run_scan(args: argparse.Namespace) -> int:
         device = linalg.resolve_device(args.device)
         for k, (what, planned) in enumerate(groups, 1):
             print(f"[{k}/{len(groups)}] {what}", file=sys.stderr)
-            outcome = jobs.run(planned, store, device, force=args.force)
+            outcome = jobs.run(planned, store, device, force=args.force, keep_going=True)
             computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
+            failed += outcome.failed
     else:
         check_device_spec(args.device)
         skipped = sum(len(planned) for _, planned in groups)
     print(f"scan: computed {computed} job(s), {skipped} already stored → {store.root}")
-    return 0
+    return scan.report(found.skipped, failed)
 
 
 def _run_report(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from subspace_atlas.query import JOB_COLUMN
-from subspace_atlas.store import Manifest, Store, constant_columns, parquet_options
+from subspace_atlas.store import Manifest, Store, constant_columns, parquet_options, row_group_rows
 from subspace_atlas.verify import leftovers
 
 SMALL_BYTES = 32 << 20  # parts at least this big are left as they are: merging them saves nothing
@@ -122,7 +122,7 @@ def _write_merged(store: Store, analysis: str, table: str, members: list[Manifes
                 part = pq.read_table(path, filesystem=filesystem)
                 constants[m.fingerprint] = constant_columns(part.to_pandas())
                 part = part.append_column(JOB_COLUMN, pa.array([m.fingerprint] * len(part), pa.string()))
-                writer.write_table(_conform(part, schema), row_group_size=1 << 17)
+                writer.write_table(_conform(part, schema), row_group_size=row_group_rows(part))
 
     store.write_through(target, write)
     return constants

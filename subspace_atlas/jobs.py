@@ -3,20 +3,26 @@
 Plain jobs run one checkpoint at a time. The paired jobs sharing a base run matrix by matrix
 (``pairs``), so each base matrix is read and decomposed once however many checkpoints it meets; cross
 and group jobs take their rows from the same pass. A run job runs matrix-major over its checkpoints.
+
+One bad input costs only its own jobs: a job that fails (``JOB_ERRORS``) writes nothing, and the others
+run and are stored; ``run`` says how failures are reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import os
 import platform
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -26,8 +32,13 @@ from subspace_atlas import analysis
 from subspace_atlas.checkpoints import Checkpoint, TensorInfo
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.naming import classify
-from subspace_atlas.planning import Job, pending
+from subspace_atlas.planning import Failure, Job, first_per_input, pending
 from subspace_atlas.store import Store
+
+
+# What may fail one job without being a bug: bad or unreadable input, or numbers no analysis can take (a
+# non-finite matrix, an eigensolver that did not converge). Anything else propagates, as do interrupts.
+JOB_ERRORS = (AtlasError, OSError, ArithmeticError, torch.linalg.LinAlgError, np.linalg.LinAlgError)
 
 
 @dataclass
@@ -36,6 +47,11 @@ class Outcome:
     skipped: list[Job]
     matrices: int
     seconds: float
+    failed: list[Failure] = field(default_factory=list)  # one per input that failed; its jobs wrote nothing
+
+
+# What a runner did: the jobs it wrote, their matrix count, and what failed.
+Done = tuple[list[Job], int, list[Failure]]
 
 
 def matrices_of(job: Job, checkpoint: Checkpoint | None = None) -> list[TensorInfo]:
@@ -64,136 +80,282 @@ def matrices_of(job: Job, checkpoint: Checkpoint | None = None) -> list[TensorIn
 
 
 def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: int | None = None,
-        force: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Outcome:
-    """Run every job not already stored (all of them with ``force``), writing each as it finishes."""
+        force: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+        keep_going: bool = False) -> Outcome:
+    """Run every job not already stored (all of them with ``force``), writing each as it finishes.
+
+    A job that fails while computing (a non-finite matrix, a tensor that does not read) writes nothing and
+    the others still run. By default every input is checked first (headers, pairings) and a bad one raises
+    before any work, leaving the store as it was; failures found later are raised together once the other
+    jobs are stored. With ``keep_going`` (``scan``: inputs nobody named one by one) a bad input is one more
+    failure, and failures come back in ``Outcome.failed`` instead.
+    """
     _return_large_frees_to_the_os()
-    todo = pending(jobs, store, force)
-    skipped = [j for j in jobs if j not in todo]
     if batch_bytes is None:  # batching pays on a GPU; on a CPU it only costs memory
         batch_bytes = 1 << 30 if device.type == "cuda" else 0
-    if todo and getattr(todo[0].spec, "PAIRED", False):
-        return _run_paired(todo, skipped, store, device, batch_bytes, log)
-    if todo and getattr(todo[0].spec, "RUN", False):
-        return _run_runs(todo, skipped, store, device, log)
-    start, count = time.perf_counter(), 0
-    plans = [(job, matrices_of(job)) for job in todo]  # validate every input before any work
-    total = sum(len(m) for _, m in plans)
-    with tqdm(total=total, unit="matrix", disable=None, file=sys.stderr, leave=False) as bar:
+    start = time.perf_counter()
+    with contextlib.ExitStack() as claims:
+        todo = _claimed(pending(jobs, store, force), store, claims, force, log)
+        skipped = [j for j in jobs if j not in todo]
+        if todo and getattr(todo[0].spec, "PAIRED", False):
+            computed, count, failed = _run_paired(todo, store, device, batch_bytes, log, keep_going)
+        elif todo and getattr(todo[0].spec, "RUN", False):
+            computed, count, failed = _run_runs(todo, store, device, log, keep_going)
+        else:
+            computed, count, failed = _run_plain(todo, store, device, batch_bytes, log, keep_going)
+    failed = first_per_input(failed)
+    if failed and not keep_going:
+        raise AtlasError("; ".join(f.message for f in failed))
+    return Outcome(computed, skipped, count, time.perf_counter() - start, failed)
+
+
+def _claimed(todo: list[Job], store: Store, claims: contextlib.ExitStack, force: bool,
+             log: Callable[[str], None]) -> list[Job]:
+    """The jobs this process claims (held until ``claims`` closes): a job another live process is computing is
+    left to it, and one it finished meanwhile is not computed again, so concurrent writers never duplicate work."""
+    mine, busy = [], []
+    for job in todo:
+        holder = claims.enter_context(store.claim(job.spec.NAME, job.fingerprint))
+        if holder is not None:
+            busy.append(holder)
+        elif force or not store.has(job.spec.NAME, job.fingerprint):
+            mine.append(job)
+    if busy:
+        log(f"{len(busy)} job(s) left to the process computing them now ({', '.join(sorted(set(busy)))}); "
+            "rerun once it has finished to check")
+    return mine
+
+
+def _checked(todo: list[Job], check: Callable[[Job], list], keep_going: bool) -> tuple[list[tuple[Job, list]],
+                                                                                     list[Failure]]:
+    """Each job with what ``check`` reads of its inputs (headers), before any work. A bad input raises, or
+    with ``keep_going`` is its job's failure."""
+    plans, failed = [], []
+    for job in todo:
+        try:
+            plans.append((job, check(job)))
+        except JOB_ERRORS as err:
+            if not keep_going:
+                raise
+            failed.append(_failure(job, err))
+    return plans, failed
+
+
+def _failure(job: Job, err: BaseException) -> Failure:
+    """``job``'s failure, under the input it is about: its checkpoint (and base), or its run's folder."""
+    if getattr(job.spec, "RUN", False):
+        return Failure.of(os.path.commonpath([c.path for c in job.group]), err)
+    what = f"{job.checkpoint.path}" + (f" and {job.other.path}" if job.other is not None else "")
+    return Failure.of(job.checkpoint.path, err, what + (f" vs --base {job.base.path}" if job.base else ""))
+
+
+def _run_plain(todo: list[Job], store: Store, device: torch.device, batch_bytes: int,
+               log: Callable[[str], None], keep_going: bool) -> Done:
+    """Run plain jobs one checkpoint at a time, its matrices streamed from disk."""
+    plans, failed = _checked(todo, matrices_of, keep_going)
+    computed, count = [], 0
+    with tqdm(total=sum(len(m) for _, m in plans), unit="matrix", disable=None, file=sys.stderr,
+              leave=False) as bar:
         for k, (job, mats) in enumerate(plans, 1):
             bar.set_description(job.checkpoint.name)
             t0 = time.perf_counter()
-            stream = _counted(zip(mats, (t for _, t in job.checkpoint.stream([m.name for m in mats]))), bar)
-            tables = analysis.compute_module(job.spec.NAME).compute(stream, job.params, device, batch_bytes)
-            tables = {name: label(frame, job.checkpoint) for name, frame in tables.items()}
+            try:
+                tables = _plain_tables(job, mats, device, batch_bytes, bar)
+            except JOB_ERRORS as err:
+                failed.append(_failure(job, err))
+                log(f"[{k}/{len(plans)}] {job.checkpoint.name}: failed")
+                continue
             wall = time.perf_counter() - t0
             store.write(job.spec.NAME, job.fingerprint, tables, _provenance(job, device, wall, len(mats)))
+            computed.append(job)
             count += len(mats)
             log(f"[{k}/{len(plans)}] {job.checkpoint.name}: {len(mats)} matrices in {wall:.2f} s")
-    return Outcome(todo, skipped, count, time.perf_counter() - start)
+    return computed, count, failed
 
 
-def _run_paired(todo: list[Job], skipped: list[Job], store: Store, device: torch.device, batch_bytes: int,
-                log: Callable[[str], None]) -> Outcome:
-    """Run paired jobs base by base, matrix-major; write each job once all its matrices are done.
+def _plain_tables(job: Job, mats: list[TensorInfo], device: torch.device, batch_bytes: int,
+                  bar: tqdm) -> dict[str, pd.DataFrame]:
+    """One plain job's labelled tables."""
+    stream = _counted(zip(mats, (t for _, t in job.checkpoint.stream([m.name for m in mats]))), bar)
+    tables = analysis.compute_module(job.spec.NAME).compute(stream, job.params, device, batch_bytes)
+    return {name: label(frame, job.checkpoint) for name, frame in tables.items()}
 
-    Every pairing is validated before any work. A job whose result fails the compute's ``validate``
-    (e.g. a fine-tune of some other base) is not written; the others are, then the error is raised.
-    """
-    from subspace_atlas.pairs import pair_items
-    from subspace_atlas.svdcache import SvdCache, default_root
 
-    start, count, problems = time.perf_counter(), 0, []
+def _run_paired(todo: list[Job], store: Store, device: torch.device, batch_bytes: int,
+                log: Callable[[str], None], keep_going: bool) -> Done:
+    """Run paired jobs base by base (``_paired_group``)."""
     groups: dict[str, list[Job]] = {}
     for job in todo:
         groups.setdefault(job.base_identity, []).append(job)
-    for group in groups.values():
-        spec, base = group[0].spec, group[0].base
-        module = analysis.compute_module(spec.NAME)
-        cross_tables = getattr(spec, "CROSS_TABLES", ())
-        group_tables = getattr(spec, "GROUP_TABLES", ())
-        ordered = paired_members(group)  # a checkpoint's position here is its index in the work
-        position = {(str(c.path), c.name): k for k, c in enumerate(ordered)}
+    return _merged([_paired_group(group, store, device, batch_bytes, log, keep_going) for group in groups.values()])
 
-        def index(ckpt: Checkpoint) -> int:
-            return position[(str(ckpt.path), ckpt.name)]
 
+def _merged(parts: Sequence[Done]) -> Done:
+    return [j for p in parts for j in p[0]], sum(p[1] for p in parts), [f for p in parts for f in p[2]]
+
+
+def _paired_group(group: list[Job], store: Store, device: torch.device, batch_bytes: int,
+                  log: Callable[[str], None], keep_going: bool) -> Done:
+    """One base's paired jobs in one matrix-major pass; each job is written once all its matrices are done.
+
+    Every pairing is checked before any work (a bad one raises, or with ``keep_going`` fails alone). When
+    the pass fails, ``_isolated`` finds the checkpoint at fault, so one bad fine-tune costs only its jobs.
+    """
+    from subspace_atlas.pairs import pair_items
+
+    ordered = paired_members(group)  # a checkpoint's position here is its index in the work
+    try:
         items = pair_items(group[0], ordered, matrices_of)
-        crosses = sorted({(index(j.checkpoint), index(j.other)) for j in group if j.other is not None})
-        total = sum(len(item.tuned) for item in items)
-        t0 = time.perf_counter()
-        extra = {"pairs": crosses} if cross_tables else {}
+    except JOB_ERRORS as err:
+        if not keep_going:
+            raise
+        return _isolated(group, err, store, device, batch_bytes, log, keep_going)
+    t0 = time.perf_counter()
+    try:
+        tables = _paired_tables(group, ordered, items, device, batch_bytes)
+    except JOB_ERRORS as err:
+        return _isolated(group, err, store, device, batch_bytes, log, keep_going)
+    wall = time.perf_counter() - t0
+    done = _paired_write(group, ordered, items, tables, wall, store, device)
+    log(f"{group[0].spec.NAME}: {len(group)} job(s) vs {group[0].base.name}: "
+        f"{sum(len(i.tuned) for i in items)} matrix pairs in {wall:.2f} s")
+    return done
+
+
+def _isolated(group: list[Job], err: BaseException, store: Store, device: torch.device, batch_bytes: int,
+              log: Callable[[str], None], keep_going: bool) -> Done:
+    """After a base's pass failed: each checkpoint's own job alone, then the jobs comparing the good ones.
+
+    A group with no single job to try alone (or only one job) fails whole, with ``err``.
+    """
+    singles = [j for j in group if j.other is None and not j.group]
+    if len(group) == 1 or not singles:
+        return [], 0, [_failure(job, err) for job in group]
+    parts = [_paired_group([job], store, device, batch_bytes, log, keep_going) for job in singles]
+    bad = {_key(job.checkpoint) for job, (written, _, _) in zip(singles, parts) if not written}
+    rest = [j for j in group if j not in singles and not bad & {_key(c) for c in _members(j)}]
+    if rest:
+        parts.append(_paired_group(rest, store, device, batch_bytes, log, keep_going))
+    return _merged(parts)
+
+
+def _paired_tables(group: list[Job], ordered: list[Checkpoint], items: list, device: torch.device,
+                   batch_bytes: int) -> dict[str, pd.DataFrame]:
+    """The tables of one base's pass over every pairing; rows carry checkpoints by their index in ``ordered``."""
+    from subspace_atlas.svdcache import SvdCache, default_root
+
+    spec, base = group[0].spec, group[0].base
+    index = _positions(ordered)
+    extra: dict = {}
+    if getattr(spec, "CROSS_TABLES", ()):
+        extra["pairs"] = sorted({(index[_key(j.checkpoint)], index[_key(j.other)]) for j in group if j.other})
+    if getattr(spec, "GROUP_TABLES", ()):
         whole = next((j for j in group if j.group), None)
-        if group_tables:
-            extra["group"] = [index(c) for c in whole.group] if whole else []
-        with tqdm(total=total, unit="pair", disable=None, file=sys.stderr, leave=False,
-                  desc=f"{spec.NAME} vs {base.name}") as bar:
-            tables = module.compute(items, group[0].params, device, batch_bytes, cache=SvdCache(default_root()),
-                                    progress=bar.update, **extra)
-        wall = time.perf_counter() - t0
-        for job in group:
-            if job.group:
-                names = " + ".join(c.name for c in job.group)  # which set of checkpoints the rows belong to
-                mine = {name: label_members(frame, ordered, base).assign(group=names)
-                        for name, frame in tables.items() if name in group_tables}
-                problem, n = None, 0
-            elif job.other is None:
-                k = index(job.checkpoint)
-                mine = {name: label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
-                                     job.checkpoint, base)
-                        for name, frame in tables.items() if name not in cross_tables + group_tables}
-                problem = module.validate(mine["matrices"]) if hasattr(module, "validate") else None
-                n = sum(1 for item in items for j, _ in item.tuned if j == k)
-            else:
-                a, b = index(job.checkpoint), index(job.other)
-                mine = {name: label_cross(frame[(frame["a"] == a) & (frame["b"] == b)].drop(columns=["a", "b"])
-                                           .reset_index(drop=True), job.checkpoint, job.other, base)
-                        for name, frame in tables.items() if name in cross_tables}
-                problem, n = None, 0
-            if problem:
-                problems.append(f"{job.checkpoint.path} vs --base {base.path}: {problem}")
-                continue
-            mine = {name: _aliased(frame, getattr(spec, "LABEL_ALIASES", {})) for name, frame in mine.items()}
-            store.write(spec.NAME, job.fingerprint, mine, _provenance(job, device, wall / len(group), n))
-            count += n
-        log(f"{spec.NAME}: {len(group)} job(s) vs {base.name}: {total} matrix pairs in {wall:.2f} s")
-    if problems:
-        raise AtlasError("; ".join(problems))
-    return Outcome(todo, skipped, count, time.perf_counter() - start)
+        extra["group"] = [index[_key(c)] for c in whole.group] if whole else []
+    with tqdm(total=sum(len(item.tuned) for item in items), unit="pair", disable=None, file=sys.stderr,
+              leave=False, desc=f"{spec.NAME} vs {base.name}") as bar:
+        return analysis.compute_module(spec.NAME).compute(items, group[0].params, device, batch_bytes,
+                                                          cache=SvdCache(default_root()), progress=bar.update,
+                                                          **extra)
+
+
+def _paired_write(group: list[Job], ordered: list[Checkpoint], items: list, tables: dict[str, pd.DataFrame],
+                  wall: float, store: Store, device: torch.device) -> Done:
+    """Write each job's rows of a base's tables. A job whose result fails the compute's ``validate`` (e.g. a
+    fine-tune of some other base) is not written: it is a failure."""
+    spec, base = group[0].spec, group[0].base
+    module = analysis.compute_module(spec.NAME)
+    cross_tables = getattr(spec, "CROSS_TABLES", ())
+    group_tables = getattr(spec, "GROUP_TABLES", ())
+    index = _positions(ordered)
+    written, count, failed = [], 0, []
+    for job in group:
+        if job.group:
+            names = " + ".join(c.name for c in job.group)  # which set of checkpoints the rows belong to
+            mine = {name: label_members(frame, ordered, base).assign(group=names)
+                    for name, frame in tables.items() if name in group_tables}
+            problem, n = None, 0
+        elif job.other is None:
+            k = index[_key(job.checkpoint)]
+            mine = {name: label(frame[frame["job"] == k].drop(columns="job").reset_index(drop=True),
+                                 job.checkpoint, base)
+                    for name, frame in tables.items() if name not in cross_tables + group_tables}
+            problem = module.validate(mine["matrices"]) if hasattr(module, "validate") else None
+            n = sum(1 for item in items for j, _ in item.tuned if j == k)
+        else:
+            a, b = index[_key(job.checkpoint)], index[_key(job.other)]
+            mine = {name: label_cross(frame[(frame["a"] == a) & (frame["b"] == b)].drop(columns=["a", "b"])
+                                       .reset_index(drop=True), job.checkpoint, job.other, base)
+                    for name, frame in tables.items() if name in cross_tables}
+            problem, n = None, 0
+        if problem:
+            failed.append(_failure(job, AtlasError(problem)))
+            continue
+        mine = {name: _aliased(frame, getattr(spec, "LABEL_ALIASES", {})) for name, frame in mine.items()}
+        store.write(spec.NAME, job.fingerprint, mine, _provenance(job, device, wall / len(group), n))
+        written.append(job)
+        count += n
+    return written, count, failed
+
+
+def _key(ckpt: Checkpoint) -> tuple[str, str]:
+    """A checkpoint's identity within a plan: its path and name (one file may appear under two names)."""
+    return str(ckpt.path), ckpt.name
+
+
+def _members(job: Job) -> list[Checkpoint]:
+    """The checkpoints a paired job compares with its base."""
+    return [c for c in (job.checkpoint, job.other, *job.group) if c is not None]
+
+
+def _positions(ordered: list[Checkpoint]) -> dict[tuple[str, str], int]:
+    return {_key(c): k for k, c in enumerate(ordered)}
 
 
 def paired_members(group: Sequence[Job]) -> list[Checkpoint]:
     """Every checkpoint that paired jobs sharing a base need, once each, in order."""
-    members = {(str(c.path), c.name): c for job in group for c in (job.checkpoint, job.other, *job.group) if c}
-    return list(members.values())
+    return list({_key(c): c for job in group for c in _members(job)}.values())
 
 
-def _run_runs(todo: list[Job], skipped: list[Job], store: Store, device: torch.device,
-              log: Callable[[str], None]) -> Outcome:
-    """Run each run job matrix-major over its checkpoints (all inputs validated first), write it whole."""
-    from subspace_atlas.svdcache import SvdCache, default_root
-
-    start, count = time.perf_counter(), 0
-    plans = [(job, run_matrices(job)) for job in todo]
+def _run_runs(todo: list[Job], store: Store, device: torch.device, log: Callable[[str], None],
+              keep_going: bool) -> Done:
+    """Run each run job matrix-major over its checkpoints (inputs checked first), write it whole."""
+    plans, failed = _checked(todo, run_matrices, keep_going)
+    computed, count = [], 0
     for k, (job, items) in enumerate(plans, 1):
-        spec, members = job.spec, list(job.group)
+        members = list(job.group)
         t0 = time.perf_counter()
-        if "gradients" in getattr(job.params, "of", ()):
-            from subspace_atlas.probes.gradients import attach_gradients
-
-            attach_gradients(items, members, job.params, device, log)
-        steps = [c.step if c.step is not None else i for i, c in enumerate(members)]
-        with tqdm(total=sum(len(i.loaders) for i in items), unit="matrix", disable=None, file=sys.stderr,
-                  leave=False, desc=f"{spec.NAME} {members[0].run}") as bar:
-            tables = analysis.compute_module(spec.NAME).compute(items, job.params, steps, device,
-                                                                cache=SvdCache(default_root()), progress=bar.update)
-        labelled = label_run(tables, members)
+        try:
+            tables = _run_tables(job, items, device, log)
+        except JOB_ERRORS as err:
+            failed.append(_failure(job, err))
+            log(f"[{k}/{len(plans)}] {members[0].run}: failed")
+            continue
         wall = time.perf_counter() - t0
         n = sum(len(i.loaders) for i in items)
-        store.write(spec.NAME, job.fingerprint, labelled, _provenance(job, device, wall, n))
+        store.write(job.spec.NAME, job.fingerprint, tables, _provenance(job, device, wall, n))
+        computed.append(job)
         count += n
         log(f"[{k}/{len(plans)}] {members[0].run}: {len(members)} checkpoints × {len(items)} matrices "
             f"in {wall:.2f} s")
-    return Outcome(todo, skipped, count, time.perf_counter() - start)
+    return computed, count, failed
+
+
+def _run_tables(job: Job, items: list, device: torch.device, log: Callable[[str], None]) -> dict[str, pd.DataFrame]:
+    """One run job's labelled tables."""
+    from subspace_atlas.svdcache import SvdCache, default_root
+
+    spec, members = job.spec, list(job.group)
+    if "gradients" in getattr(job.params, "of", ()):
+        from subspace_atlas.probes.gradients import attach_gradients
+
+        attach_gradients(items, members, job.params, device, log)
+    steps = [c.step if c.step is not None else i for i, c in enumerate(members)]
+    with tqdm(total=sum(len(i.loaders) for i in items), unit="matrix", disable=None, file=sys.stderr,
+              leave=False, desc=f"{spec.NAME} {members[0].run}") as bar:
+        tables = analysis.compute_module(spec.NAME).compute(items, job.params, steps, device,
+                                                            cache=SvdCache(default_root()), progress=bar.update)
+    return label_run(tables, members)
 
 
 def label_run(tables: dict[str, pd.DataFrame], members: list[Checkpoint]) -> dict[str, pd.DataFrame]:
@@ -322,7 +484,6 @@ def _cpu_name() -> str:
 
 
 def _provenance(job: Job, device: torch.device, wall: float, matrices: int) -> dict:
-    import numpy
     import safetensors
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
@@ -336,7 +497,7 @@ def _provenance(job: Job, device: torch.device, wall: float, matrices: int) -> d
                   | ({"other": job.other.name, "other_path": str(job.other.path)} if job.other is not None else {})
                   | ({"group": [c.name for c in job.group]} if job.group else {}),
         "versions": {"subspace_atlas": subspace_atlas.__version__, "torch": torch.__version__,
-                     "numpy": numpy.__version__, "pandas": pd.__version__,
+                     "numpy": np.__version__, "pandas": pd.__version__,
                      "safetensors": safetensors.__version__, "python": platform.python_version()},
         "device": str(device),
         "device_name": device_name,

@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from subspace_atlas.checkpoints import Checkpoint
-from subspace_atlas.errors import AtlasError
+from subspace_atlas.errors import AtlasError, first_line
 from subspace_atlas.store import Store, fingerprint
 
 
@@ -37,6 +38,32 @@ class Job:
     other: Checkpoint | None = None  # a cross job's second checkpoint
     group: tuple[Checkpoint, ...] = ()  # a group job's (or a run job's) checkpoints
     identities: tuple[str, ...] = ()  # a run job's members' content identities, in order
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be analysed: ``message`` is ``<path>: <why>``, one line; ``path`` the input's."""
+
+    path: str
+    message: str
+
+    @classmethod
+    def of(cls, path: Path | str, err: BaseException, subject: str | None = None) -> Failure:
+        """The failure of the input at ``path``: the error's first line, led by ``subject`` (default: the path)
+        unless it names that path already (a read error names the file under it)."""
+        text = first_line(err)
+        return cls(str(path), text if text.startswith((f"{path}:", f"{path}/")) else f"{subject or path}: {text}")
+
+    def __str__(self) -> str:
+        return f"failed: {self.message}"
+
+
+def first_per_input(failures: Sequence[Failure]) -> list[Failure]:
+    """One failure per input, the first: a bad checkpoint fails each analysis and job that reads it."""
+    first: dict[str, Failure] = {}
+    for failure in failures:
+        first.setdefault(failure.path, failure)
+    return list(first.values())
 
 
 def pending(jobs: Sequence[Job], store: Store, force: bool = False) -> list[Job]:

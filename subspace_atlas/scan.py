@@ -19,80 +19,179 @@ What is found, and what it gets:
   starting checkpoint for ``overlap``; ``skip`` leaves folders out of the scan.
 
 Each planned job is skipped when the store holds it; ``--dry-run`` prints the plan with that status.
+
+The walk visits each real folder once (a link back up is noted, not followed round), at most ``MAX_DEPTH``
+folders down. What cannot be scanned is left out and listed after everything else: a folder that cannot be
+read (``skipped:``), a checkpoint that does not open (``failed:``, found by reading its safetensors headers
+before planning, so ``--dry-run`` names it too); the rest is planned as usual.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from subspace_atlas import analysis, planning
 from subspace_atlas.adapters import LoraAdapter, is_adapter, recorded_base
-from subspace_atlas.checkpoints import Checkpoint, open_checkpoints, open_one
+from subspace_atlas.checkpoints import PICKLES, SAFETENSORS, Checkpoint, open_checkpoints, open_one, read_json
 from subspace_atlas.errors import AtlasError
+from subspace_atlas.planning import Failure
 from subspace_atlas.store import Store
+
+T = TypeVar("T")
 
 MANIFEST = "atlas-scan.json"
 PAIRED_DEFAULT = ("intruders", "angles")
 ALL = ("spectra", "overlap", "intruders", "sparsity", "angles")
+MAX_DEPTH = 64  # folders below the scan root; deeper ones are noted, not walked
 
 
 @dataclass
 class Found:
-    """What a folder holds: plain checkpoints, runs (name → ordered checkpoints) and adapters by base path."""
+    """What a folder holds: plain checkpoints, runs (name → ordered checkpoints) and adapters by base path;
+    also the folders left out (``skipped: <folder>: why``) and the checkpoints that do not open."""
 
     models: list[Checkpoint] = field(default_factory=list)
     runs: dict[Path, list[Checkpoint]] = field(default_factory=dict)
     adapters: dict[Path, list[Checkpoint]] = field(default_factory=dict)
     orphans: list[Checkpoint] = field(default_factory=list)  # adapters whose base is not on this machine
+    skipped: list[str] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """Every job a folder calls for, grouped as (what, jobs) in run order, and what the scan left out."""
+
+    groups: list[tuple[str, list[planning.Job]]]
+    skipped: list[str]
+    failed: list[Failure]
 
 
 def discover(root: Path, skip: set[Path] = frozenset()) -> Found:
     """Walk ``root``: every checkpoint, run and adapter in it and in its subfolders (a run's checkpoints once)."""
     found = Found()
-    _walk(root.resolve(), found, {p.resolve() for p in skip})
+    _walk(Path(os.path.realpath(root)), found, {Path(os.path.realpath(p)) for p in skip})
     return found
 
 
-def _walk(folder: Path, found: Found, skip: set[Path]) -> None:
-    if folder in skip or folder.name.startswith("."):
-        return
+def _walk(root: Path, found: Found, skip: set[Path]) -> None:
+    """Depth first, without recursion (a deep tree cannot exhaust the stack), each real folder once (links
+    back up cannot loop), at most ``MAX_DEPTH`` folders down; a folder that cannot be read is noted and left."""
+    seen: dict[tuple[int, int], Path] = {}
+    stack = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            found.skipped.append(f"skipped: {folder}: more than {MAX_DEPTH} folders below {root}")
+            continue
+        try:
+            subfolders = _visit(folder, found, seen, skip)
+        except OSError as err:  # ENAMETOOLONG, EACCES, ELOOP …
+            found.skipped.append(f"skipped: {folder}: {err.strerror or err}")
+            continue
+        stack += [(sub, depth + 1) for sub in reversed(subfolders)]
+
+
+def _visit(folder: Path, found: Found, seen: dict[tuple[int, int], Path], skip: set[Path]) -> list[Path]:
+    """Record one folder's checkpoints; return its subfolders still to walk, in name order."""
+    stat = os.stat(folder)
+    real = Path(os.path.realpath(folder))
+    if real in skip:
+        return []
+    if (stat.st_dev, stat.st_ino) in seen:
+        found.skipped.append(f"skipped: {folder}: the same folder as {seen[stat.st_dev, stat.st_ino]}, "
+                             "already scanned")
+        return []
+    seen[stat.st_dev, stat.st_ino] = folder
+    ckpts = _open(real, found)
+    opened = [c for c in ckpts if _recorded(c, found)]
+    run = [c for c in opened if c.run is not None]
+    if run:
+        found.runs[real] = run
+    taken = {c.path for c in ckpts}  # e.g. a run's checkpoint-N folders (its merged/ model is walked)
+    return [sub for sub in _subfolders(real, found) if sub not in taken]
+
+
+def _subfolders(folder: Path, found: Found) -> list[Path]:
+    """A folder's subfolders in name order, hidden ones left out; an entry that cannot be looked at (a link
+    to itself) is a note."""
+    subfolders = []
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            try:
+                if not entry.name.startswith(".") and entry.is_dir():
+                    subfolders.append(folder / entry.name)
+            except OSError as err:
+                found.skipped.append(f"skipped: {folder / entry.name}: {err.strerror or err}")
+    return subfolders
+
+
+def _open(folder: Path, found: Found) -> list[Checkpoint]:
+    """The checkpoints in a folder; none for a folder without weights (a subfolder's name too long to look at is
+    the walk's to note), and a failure for one whose weights do not open (a corrupt shard index, say)."""
     try:
-        ckpts = open_checkpoints(folder)
-    except AtlasError:
-        ckpts = []
-    if ckpts:
-        run = [c for c in ckpts if c.run is not None]
-        if run:
-            found.runs[folder] = run
-        for c in ckpts:
-            if is_adapter(c):
-                base = recorded_base(LoraAdapter(c))
-                (found.adapters.setdefault(base, []) if base else found.orphans).append(c)
-            else:
-                found.models.append(c)
-    taken = {c.path for c in ckpts}
-    for child in sorted(folder.iterdir()):
-        if child.is_dir() and child not in taken:  # e.g. a run's merged/ model, a tokenizer/ (nothing)
-            _walk(child, found, skip)
+        return open_checkpoints(folder)
+    except (AtlasError, OSError) as err:
+        if any(p.suffix in SAFETENSORS + PICKLES or p.name.endswith(".index.json") for p in folder.iterdir()):
+            found.failed.append(Failure.of(folder, err))
+        return []
+
+
+def _recorded(ckpt: Checkpoint, found: Found) -> bool:
+    """Record a checkpoint in ``found`` (``_record``); one that does not read is a failure instead."""
+    try:
+        _record(ckpt, found)
+    except (AtlasError, OSError) as err:
+        found.failed.append(Failure.of(ckpt.path, err))
+        return False
+    return True
+
+
+def _record(ckpt: Checkpoint, found: Found) -> None:
+    """File a checkpoint under models or adapters, once its files read: every file's sampled bytes, and the
+    headers of safetensors files (a truncated one fails here, so ``--dry-run`` names it too; a pickle would
+    need torch and a full load, so it is read when its job runs)."""
+    ckpt.identity()
+    if all(f.suffix in SAFETENSORS for f in ckpt.files):
+        ckpt.tensors()
+    if is_adapter(ckpt):
+        base = recorded_base(LoraAdapter(ckpt))
+        (found.adapters.setdefault(base, []) if base else found.orphans).append(ckpt)
+    else:
+        found.models.append(ckpt)
 
 
 def read_manifest(root: Path) -> dict:
     path = root / MANIFEST
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise AtlasError(f"{path}: not valid JSON ({err})") from err
+    data = read_json(path, "not valid JSON")
     if not isinstance(data, dict) or set(data) - {"pairs", "runs", "skip"}:
         raise AtlasError(f"{path}: expected an object with \"pairs\", \"runs\" and/or \"skip\"")
+    entries = [*data.get("pairs", []), *data.get("runs", [])] if all(
+        isinstance(data.get(k, []), list) for k in ("pairs", "runs", "skip")) else None
+    if entries is None or not all(isinstance(e, dict) for e in entries) or not all(
+            isinstance(s, str) for s in data.get("skip", [])):
+        raise AtlasError(f"{path}: \"pairs\" and \"runs\" are lists of objects, \"skip\" a list of folder names")
+    for pair in data.get("pairs", []):
+        for name in pair.get("analyses", PAIRED_DEFAULT):
+            if name not in ALL or name in ("spectra", "overlap"):
+                raise AtlasError(f"{path}: pair analysis {name!r}; expected intruders, sparsity or angles")
     return data
 
 
-def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> list[tuple[str, list[planning.Job]]]:
-    """Every job the folder calls for, grouped as (what, jobs) in run order."""
+def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> Plan:
+    """Every job the folder calls for, grouped as (what, jobs) in run order.
+
+    An input that does not open (a checkpoint, a base, a run's start) costs only what needs it: it is in
+    ``Plan.failed``. A bad manifest or argument raises.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise AtlasError(f"{root}: no such folder")
@@ -101,34 +200,48 @@ def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> list[tuple[str, l
         raise AtlasError(f"--analyses: unknown {sorted(unknown)}; known: {', '.join(ALL)}")
     manifest = read_manifest(root)
     found = discover(root, {root / s for s in manifest.get("skip", [])})
-    groups: list[tuple[str, list[planning.Job]]] = []
+    out = Plan([], found.skipped, found.failed)
+
+    def attempt(what: Path | str, step: Callable[[], T]) -> T | None:
+        """``step()``, or None with a failure naming ``what`` when an input it reads is bad."""
+        try:
+            return step()
+        except (AtlasError, OSError) as err:
+            out.failed.append(Failure.of(what, err))
+            return None
 
     def add(what: str, name: str, *args, **kwargs) -> None:
         if name in analyses:
             spec = analysis.SPECS[name]
-            groups.append((what, planning.plan(spec, *args, params=spec.Params(), **kwargs)))
+            jobs = attempt(what, lambda: planning.plan(spec, *args, params=spec.Params(), **kwargs))
+            if jobs is not None:
+                out.groups.append((what, jobs))
 
     if found.models:
         add(f"spectra of {len(found.models)} checkpoint(s)", "spectra", found.models)
-    starts = {(root / r["path"]).resolve(): open_one(root / r["start"])
+    starts = {Path(os.path.realpath(root / r["path"])): attempt(root / r["start"],
+                                                                 partial(open_one, root / r["start"]))
               for r in manifest.get("runs", []) if "start" in r}
     for folder, run in found.runs.items():
         dense = [c for c in run if not is_adapter(c)]
-        if len(dense) + (folder in starts) >= 2:
+        if len(dense) + (starts.get(folder) is not None) >= 2:
             add(f"overlap over run {folder.name}", "overlap", dense, start=starts.get(folder))
     for base_path, adapters in found.adapters.items():
-        base = open_one(base_path)
+        base = attempt(base_path, partial(open_one, base_path))
+        if base is None:
+            continue
         add(f"intruders: {len(adapters)} adapter(s) vs {base.name}", "intruders", adapters, base=base)
         finals = list({(c.run or str(c.path)): c for c in adapters}.values())  # a run's task vector: its last
         add(f"angles: {len(finals)} adapter(s) vs {base.name}", "angles", finals, base=base)
     for pair in manifest.get("pairs", []):
-        base = open_one(root / pair["base"])
-        tuned = [c for t in pair.get("tuned", []) for c in open_checkpoints(root / t)]
+        base = attempt(root / pair["base"], partial(open_one, root / pair["base"]))
+        tuned = [c for t in pair.get("tuned", [])
+                 for c in attempt(root / t, partial(open_checkpoints, root / t)) or []]
+        if base is None:
+            continue
         for name in pair.get("analyses", PAIRED_DEFAULT):
-            if name not in ALL or name in ("spectra", "overlap"):
-                raise AtlasError(f"{root / MANIFEST}: pair analysis {name!r}; expected intruders, sparsity or angles")
             add(f"{name}: {len(tuned)} checkpoint(s) vs {base.name}", name, tuned, base=base)
-    return groups
+    return out
 
 
 def describe(groups: list[tuple[str, list[planning.Job]]], store: Store) -> list[str]:
@@ -138,3 +251,10 @@ def describe(groups: list[tuple[str, list[planning.Job]]], store: Store) -> list
         held = sum(store.has(j.spec.NAME, j.fingerprint) for j in planned)
         lines.append(f"{what}: {len(planned)} job(s), {held} stored, {len(planned) - held} to compute")
     return lines
+
+
+def report(skipped: list[str], failed: list[Failure]) -> int:
+    """Print what the scan left out, one line each, after everything else; the exit code: 1 when an input failed."""
+    for line in [*skipped, *map(str, planning.first_per_input(failed))]:
+        print(line, file=sys.stderr)
+    return 1 if failed else 0

@@ -13,7 +13,8 @@ renamed; on an object store it is one PUT. A rewrite (``--force``) writes new fi
 then swaps the manifest, so a kill at any point leaves the old job or the new one, never a mix; files no
 manifest names are removed afterwards. Each manifest also records, per table, the columns that hold one
 value in all of the job's rows (``constants``), which lets a reader skip jobs a filter excludes without
-opening them. Reading is in ``subspace_atlas.query``; merging small parts in ``subspace_atlas.compaction``.
+opening them. A table's rows are stored sorted by ``tensor`` (stable) in row groups of at most
+``ROW_GROUP_BYTES``, so a read of one matrix decodes one group. Reading is in ``subspace_atlas.query``; merging small parts in ``subspace_atlas.compaction``.
 
 Object stores take their credentials and endpoint the usual way (``AWS_*`` variables, ``~/.aws``,
 ``GOOGLE_APPLICATION_CREDENTIALS``; an S3-compatible server through ``AWS_ENDPOINT_URL`` or
@@ -49,7 +50,8 @@ from subspace_atlas.errors import AtlasError
 META_KEY = b"subspace_atlas"
 JOBS = "_jobs"
 CLAIMS = "_claims"  # <analysis>/_claims/<fingerprint>.claim: the job is being computed by a live process
-CLAIM_TTL_S = 24 * 3600  # a claim from another host older than this is taken over
+CLAIM_TTL_S = 24 * 3600
+ROW_GROUP_BYTES = 16 << 20  # a claim from another host older than this is taken over
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -139,13 +141,18 @@ class Store:
         if self.local and os.path.exists(self.root) and not os.path.isdir(self.root):
             raise AtlasError(f"--store {self.root}: exists and is not a folder")
         probe = self._path(f".write-probe-{uuid.uuid4().hex[:8]}")
+        created = _missing_folders(self.root) if self.local else []
         try:
-            if self.local:
-                os.makedirs(self.root, exist_ok=True)
+            for folder in created:
+                os.mkdir(folder)
             self.put(probe, b"\0" * 4096)
             self.fs.rm(probe)
         except Exception as err:  # noqa: BLE001 (any failure here means no result could be stored)
             raise AtlasError(f"--store {self.root}: not writable ({_first_line(err)})") from err
+        finally:  # the store stays as it was until a job is written (a bad input must not leave a folder)
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
 
     @contextlib.contextmanager
     def claim(self, analysis: str, fp: str) -> Iterator[str | None]:
@@ -157,6 +164,7 @@ class Store:
         """
         path = self._path(_valid(analysis), CLAIMS, f"{_valid(fp)}.claim")
         mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
+        made = _missing_folders(posixpath.dirname(path)) if self.local else []
         holder = self._take(path, mine)
         try:
             yield holder
@@ -164,6 +172,9 @@ class Store:
             if holder is None:
                 with contextlib.suppress(OSError):
                     self.fs.rm(path)
+            for folder in reversed(made):  # folders the claim made, once empty: a failed job leaves no trace
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
 
     def _take(self, path: str, mine: bytes) -> str | None:
         for _ in range(2):  # a stale claim is removed, then taken once more
@@ -204,6 +215,8 @@ class Store:
         token = uuid.uuid4().hex[:8]
         files, constants = {}, {}
         for name, frame in tables.items():
+            if "tensor" in frame and len(frame) > 1:  # one matrix's rows together: a read of one matrix skips the rest
+                frame = frame.sort_values("tensor", kind="stable", ignore_index=True)
             table = pa.Table.from_pandas(frame, preserve_index=False)
             table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: meta.encode()})
             files[name] = f"part-{_valid(fp)}-{token}.parquet"
@@ -348,11 +361,18 @@ def _manifest_content(blob: bytes | Exception) -> dict:
     return content
 
 
-def parquet_bytes(table: pa.Table, row_group_size: int = 1 << 17) -> bytes:
+def parquet_bytes(table: pa.Table) -> bytes:
     """A table as zstd Parquet bytes, in row groups small enough that filters can skip most of a large part."""
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, row_group_size=row_group_size, **parquet_options(table.schema))
+    pq.write_table(table, buffer, row_group_size=row_group_rows(table), **parquet_options(table.schema))
     return buffer.getvalue()
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group: at most 128 Ki rows and about ``ROW_GROUP_BYTES`` decoded, so that a filtered read
+    of a table with long list columns (a run's spectra: 32 KB a row) decodes one small group, not all of it."""
+    per_row = table.nbytes / max(table.num_rows, 1)
+    return int(max(64, min(1 << 17, ROW_GROUP_BYTES // max(per_row, 1))))
 
 
 def parquet_options(schema: pa.Schema) -> dict:
@@ -377,6 +397,15 @@ def constant_columns(frame: pd.DataFrame) -> dict[str, object]:
             if (values == first).all():
                 found[str(column)] = first.item() if isinstance(first, np.generic) else first
     return found
+
+
+def _missing_folders(root: str) -> list[str]:
+    """The folders that creating ``root`` would make, outermost first."""
+    missing, folder = [], os.path.abspath(root)
+    while not os.path.exists(folder) and folder != os.path.dirname(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing[::-1]
 
 
 def _first_line(err: BaseException) -> str:

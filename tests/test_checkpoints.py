@@ -99,9 +99,9 @@ def test_folder_of_loose_pt_files_and_peft_adapter(tmp_path, llama_state):
     loose = tmp_path / "loose"
     toy.write_torch(loose / "b.pt", {"x.weight": llama_state["model.layers.0.self_attn.q_proj.weight"]})
     toy.write_torch(loose / "a.pt", {"y.weight": llama_state["model.embed_tokens.weight"]})
-    ckpt = only(loose)
-    assert [f.name for f in ckpt.files] == ["a.pt", "b.pt"]
-    assert {i.name for i in ckpt.tensors()} == {"x.weight", "y.weight"}
+    found = open_checkpoints(loose)  # two weight files and no index: two checkpoints, never one merged
+    assert [(c.name, c.path.name) for c in found] == [("loose/a", "a.pt"), ("loose/b", "b.pt")]
+    assert [[i.name for i in c.tensors()] for c in found] == [["y.weight"], ["x.weight"]]
 
     lora = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.randn(4, 32),
             "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.randn(32, 4)}

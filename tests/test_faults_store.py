@@ -100,7 +100,7 @@ def test_a_claim_excludes_a_second_claimant_until_released(tmp_path):
             assert other is None
     with store.claim("spectra", "fp1") as again:
         assert again is None
-    assert not list((tmp_path / "S" / "spectra" / "_claims").iterdir())
+    assert not (tmp_path / "S").exists()  # claims leave nothing behind, not even the folders they made
 
 
 def _write_claim(store: Store, fp: str, **claim) -> None:
@@ -139,11 +139,31 @@ def test_claims_on_an_object_store(s3):
 def test_ensure_writable_leaves_nothing_behind(tmp_path, s3):
     from conftest import BUCKET
 
-    local = Store(tmp_path / "new" / "S")
-    local.ensure_writable()
-    assert (tmp_path / "new" / "S").is_dir() and not list((tmp_path / "new" / "S").iterdir())
+    Store(tmp_path / "new" / "S").ensure_writable()
+    assert not (tmp_path / "new").exists()  # a store is made by its first job, not by the check
+    (tmp_path / "S").mkdir()
+    Store(tmp_path / "S").ensure_writable()
+    assert not list((tmp_path / "S").iterdir())
     Store(f"s3://{BUCKET}/probe").ensure_writable()
     assert not s3.glob(f"{BUCKET}/probe/*")
     with pytest.raises(AtlasError, match="exists and is not a folder"):
         (tmp_path / "f").write_text("")
         Store(tmp_path / "f").ensure_writable()
+
+
+def test_two_writers_at_once_compute_each_job_once(tmp_path, llama_state):
+    import toy_checkpoints as toy
+
+    models = [toy.write_hf_folder(tmp_path / f"m{k}", toy.llama_state(seed=k)) for k in range(6)]
+    root = tmp_path / "S"
+    cli = [sys.executable, "-m", "subspace_atlas.cli", "spectra", *map(str, models), "--store", str(root)]
+    procs = [subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    computed = 0
+    for out, _ in outs:
+        found = [int(w) for w in out.split() if w.isdigit()][:1] if "computed nothing" not in out else [0]
+        computed += found[0]
+    assert computed == 6, outs  # not 12: a job claimed by one writer is left to it
+    assert len(Store(root).jobs()) == 6
+    assert not (root / "spectra" / "_claims").exists() or not list((root / "spectra" / "_claims").iterdir())
