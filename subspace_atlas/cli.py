@@ -266,8 +266,9 @@ def _run_scan(args: argparse.Namespace) -> int:
         from subspace_atlas import executors
 
         outcome, _ = executors.run([planned for _, planned in groups], store, args.device, args.address,
-                                   force=args.force)
+                                   force=args.force, keep_going=True)
         computed, skipped = len(outcome.computed), len(outcome.skipped)
+        failed += outcome.failed
     elif any(pending(planned, store, args.force) for _, planned in groups):
         from subspace_atlas import jobs, linalg
 

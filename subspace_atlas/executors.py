@@ -31,7 +31,7 @@ from subspace_atlas import jobs
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.jobs import Outcome
 from subspace_atlas.options import check_device_spec
-from subspace_atlas.planning import Job
+from subspace_atlas.planning import Failure, Job, first_per_input
 from subspace_atlas.store import Store
 
 INSTALL_HINT = "pip install 'subspace-atlas[cluster]'"
@@ -39,13 +39,16 @@ INSTALL_HINT = "pip install 'subspace-atlas[cluster]'"
 
 def run(groups: Sequence[Sequence[Job]], store: Store, device: str = "auto", address: str | None = None,
         batch_bytes: int | None = None, force: bool = False,
-        log: Callable[[str], None] = lambda s: tqdm.write(s, file=sys.stderr)) -> tuple[Outcome, str]:
+        log: Callable[[str], None] = lambda s: tqdm.write(s, file=sys.stderr),
+        keep_going: bool = False) -> tuple[Outcome, str]:
     """Run every job not already stored (all of them with ``force``) as Ray tasks; also say where they ran.
 
     ``groups`` are plans as ``jobs.run`` would take them one by one (``scan`` makes several); all their
     units go to the cluster at once. ``device`` is ``auto`` (a GPU per task when the cluster has GPUs),
     ``cpu`` or ``cuda[:N]`` (a GPU per task; Ray picks which). ``address``: a running cluster (``auto``,
     ``HOST:PORT``, ``ray://HOST:10001``); without it, ``$RAY_ADDRESS``, else a local cluster for this call.
+    ``keep_going`` (``scan``): a unit whose input is bad, or whose task fails, is one more ``Outcome.failed``
+    and the rest still run, as ``jobs.run(keep_going=True)`` does.
     """
     start = time.perf_counter()
     check_device_spec(device)
@@ -66,24 +69,32 @@ def run(groups: Sequence[Sequence[Job]], store: Store, device: str = "auto", add
                 seen.add(key)
                 todo.append(job)
         units += partition(todo)
+    failed: list[Failure] = []
+    for unit in list(units):  # every input problem before any work, as the local executor finds them
+        try:
+            check(unit)
+        except jobs.JOB_ERRORS as err:
+            if not keep_going:
+                raise
+            failed += [jobs.failure(job, err) for job in unit]
+            units.remove(unit)
     if not units:
-        return Outcome([], skipped, 0, time.perf_counter() - start), "Ray"
-    for unit in units:  # every input problem before any work, as the local executor finds them
-        check(unit)
+        return Outcome([], skipped, 0, time.perf_counter() - start, first_per_input(failed)), "Ray"
     with connected(address) as ray:
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
         if use_gpu and not gpus:
             raise AtlasError(f"--device {device}: the Ray cluster has no GPU (use --device cpu or auto)")
         task = ray.remote(_work).options(num_cpus=1, num_gpus=1 if use_gpu else 0)
-        pending = {task.remote(unit, store, "cuda" if use_gpu else "cpu", batch_bytes, force): unit
+        pending = {task.remote(unit, store, "cuda" if use_gpu else "cpu", batch_bytes, force, keep_going): unit
                    for unit in units}
         computed, matrices, failures = _gather(ray, pending, log)
-    if failures:
-        more = f" (and {len(failures) - 1} more failed task(s))" if len(failures) > 1 else ""
-        raise AtlasError(failures[0] + more)
+    failed = first_per_input(failed + failures)
+    if failed and not keep_going:
+        more = f" (and {len(failed) - 1} more failed)" if len(failed) > 1 else ""
+        raise AtlasError(failed[0].message + more)
     where = f"Ray ({len(units)} task(s), {'one GPU' if use_gpu else 'one CPU core'} each)"
-    return Outcome(computed, skipped, matrices, time.perf_counter() - start), where
+    return Outcome(computed, skipped, matrices, time.perf_counter() - start, failed), where
 
 
 def partition(todo: Sequence[Job]) -> list[list[Job]]:
@@ -147,7 +158,7 @@ def connected(address: str | None = None, num_cpus: int | None = None) -> Iterat
         ray.shutdown()
 
 
-def _gather(ray: ModuleType, pending: dict, log: Callable[[str], None]) -> tuple[list[Job], int, list[str]]:
+def _gather(ray: ModuleType, pending: dict, log: Callable[[str], None]) -> tuple[list[Job], int, list[Failure]]:
     """Wait for every task, logging each as it finishes; a failed task's error does not stop the others
     (their jobs are stored, as the local executor stores the jobs it finished before an error)."""
     computed: list[Job] = []
@@ -159,16 +170,19 @@ def _gather(ray: ModuleType, pending: dict, log: Callable[[str], None]) -> tuple
             finished += len(unit)
             bar.update(len(unit))
             try:
-                done, count, wall = ray.get(ref)
+                done = ray.get(ref)
             except ray.exceptions.RayTaskError as err:
                 if not isinstance(err.cause, AtlasError):
                     raise  # a bug: its message carries the worker's traceback
-                failures.append(str(err.cause))
+                failures.append(Failure(_describe(unit), str(err.cause)))  # names its input already
                 log(f"[{finished}/{total}] {_describe(unit)}: failed")
             except ray.exceptions.RayError as err:  # the worker died (out of memory, node lost …)
-                failures.append(f"{_describe(unit)}: the Ray task failed: {str(err).strip().splitlines()[0]}")
+                failures += [Failure(_describe(unit), f"{_describe(unit)}: the Ray task failed: "
+                                                      f"{str(err).strip().splitlines()[0]}")]
                 log(f"[{finished}/{total}] {_describe(unit)}: failed")
             else:
+                done, count, wall, lost = done
+                failures += lost
                 computed += [job for job in unit if job.fingerprint in done]
                 matrices += count
                 log(f"[{finished}/{total}] {_describe(unit)}: {count} matrices in {wall:.2f} s")
@@ -185,13 +199,14 @@ def _describe(unit: Sequence[Job]) -> str:
 
 
 def _work(unit: list[Job], store: Store, device: str, batch_bytes: int | None,
-          force: bool) -> tuple[set[str], int, float]:
+          force: bool, keep_going: bool) -> tuple[set[str], int, float, list[Failure]]:
     """In a Ray worker: ``jobs.run`` on one unit with torch on one thread (the task's one core); returns the
-    fingerprints it computed, its matrix count and its seconds."""
+    fingerprints it computed, its matrix count, its seconds and (``keep_going``) the jobs that failed."""
     import torch
 
     from subspace_atlas.linalg import resolve_device
 
     torch.set_num_threads(1)
-    outcome = jobs.run(unit, store, resolve_device(device), batch_bytes, force, log=lambda line: None)
-    return {job.fingerprint for job in outcome.computed}, outcome.matrices, outcome.seconds
+    outcome = jobs.run(unit, store, resolve_device(device), batch_bytes, force, log=lambda line: None,
+                       keep_going=keep_going)
+    return {job.fingerprint for job in outcome.computed}, outcome.matrices, outcome.seconds, outcome.failed

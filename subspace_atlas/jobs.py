@@ -34,6 +34,7 @@ from subspace_atlas.errors import AtlasError
 from subspace_atlas.naming import classify
 from subspace_atlas.planning import Failure, Job, first_per_input, pending
 from subspace_atlas.store import Store
+from subspace_atlas.verify import remove_leftovers
 
 
 # What may fail one job without being a bug: bad or unreadable input, or numbers no analysis can take (a
@@ -96,6 +97,8 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
     start = time.perf_counter()
     with contextlib.ExitStack() as claims:
         todo = _claimed(pending(jobs, store, force), store, claims, force, log)
+        for name in sorted({job.spec.NAME for job in todo}):
+            remove_leftovers(store, name)
         skipped = [j for j in jobs if j not in todo]
         if todo and getattr(todo[0].spec, "PAIRED", False):
             computed, count, failed = _run_paired(todo, store, device, batch_bytes, log, keep_going)
@@ -137,11 +140,11 @@ def _checked(todo: list[Job], check: Callable[[Job], list], keep_going: bool) ->
         except JOB_ERRORS as err:
             if not keep_going:
                 raise
-            failed.append(_failure(job, err))
+            failed.append(failure(job, err))
     return plans, failed
 
 
-def _failure(job: Job, err: BaseException) -> Failure:
+def failure(job: Job, err: BaseException) -> Failure:
     """``job``'s failure, under the input it is about: its checkpoint (and base), or its run's folder."""
     if getattr(job.spec, "RUN", False):
         return Failure.of(os.path.commonpath([c.path for c in job.group]), err)
@@ -162,7 +165,7 @@ def _run_plain(todo: list[Job], store: Store, device: torch.device, batch_bytes:
             try:
                 tables = _plain_tables(job, mats, device, batch_bytes, bar)
             except JOB_ERRORS as err:
-                failed.append(_failure(job, err))
+                failed.append(failure(job, err))
                 log(f"[{k}/{len(plans)}] {job.checkpoint.name}: failed")
                 continue
             wall = time.perf_counter() - t0
@@ -230,7 +233,7 @@ def _isolated(group: list[Job], err: BaseException, store: Store, device: torch.
     """
     singles = [j for j in group if j.other is None and not j.group]
     if len(group) == 1 or not singles:
-        return [], 0, [_failure(job, err) for job in group]
+        return [], 0, [failure(job, err) for job in group]
     parts = [_paired_group([job], store, device, batch_bytes, log, keep_going) for job in singles]
     bad = {_key(job.checkpoint) for job, (written, _, _) in zip(singles, parts) if not written}
     rest = [j for j in group if j not in singles and not bad & {_key(c) for c in _members(j)}]
@@ -289,7 +292,7 @@ def _paired_write(group: list[Job], ordered: list[Checkpoint], items: list, tabl
                     for name, frame in tables.items() if name in cross_tables}
             problem, n = None, 0
         if problem:
-            failed.append(_failure(job, AtlasError(problem)))
+            failed.append(failure(job, AtlasError(problem)))
             continue
         mine = {name: _aliased(frame, getattr(spec, "LABEL_ALIASES", {})) for name, frame in mine.items()}
         store.write(spec.NAME, job.fingerprint, mine, _provenance(job, device, wall / len(group), n))
@@ -328,7 +331,7 @@ def _run_runs(todo: list[Job], store: Store, device: torch.device, log: Callable
         try:
             tables = _run_tables(job, items, device, log)
         except JOB_ERRORS as err:
-            failed.append(_failure(job, err))
+            failed.append(failure(job, err))
             log(f"[{k}/{len(plans)}] {members[0].run}: failed")
             continue
         wall = time.perf_counter() - t0

@@ -10,6 +10,7 @@ to a writer still running.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import time
 from collections.abc import Callable
@@ -78,3 +79,15 @@ def leftovers(store: Store, analysis: str, named: set[str]) -> list[str]:
         if leftover and now - stamp > LEFTOVER_AGE_S:
             old.append(path)
     return sorted(old)
+
+
+def remove_leftovers(store: Store, analysis: str) -> int:
+    """Remove an analysis's leftovers (see ``leftovers``) before new work is written: a store that killed
+    runs wrote to does not keep growing. Returns how many files went."""
+    named = {store.table_path(m.analysis, table, file) for m in store.catalog(analysis)
+             for table in m.content.get("tables", {}) if (file := m.file(table)) is not None}
+    found = leftovers(store, analysis, named)
+    for path in found:
+        with contextlib.suppress(FileNotFoundError):  # another writer's sweep took it first
+            store.fs.rm(path)
+    return len(found)

@@ -131,3 +131,18 @@ def test_address_without_the_ray_executor_is_refused(tmp_path, capsys):
     assert exit_.value.code == 2
     assert "--address names a Ray cluster: use it with --executor ray" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_scan_on_ray_keeps_going_past_bad_checkpoints(tmp_path, llama_state, capsys):
+    """The ray executor under ``scan``: a checkpoint whose job fails on a worker (a truncated pickle, only read
+    when its job runs) is one ``failed:`` line; the good one is stored; exit 1; a rerun computes nothing new."""
+    root, store = tmp_path / "models", tmp_path / "ray"
+    toy.write_hf_folder(root / "good", llama_state)
+    bad = toy.truncate(toy.write_hf_folder(root / "pickled", llama_state, fmt="bin") / "pytorch_model.bin")
+    rc, out, err = cli(capsys, "scan", root, "--store", store, "--executor", "ray")
+    assert rc == 1 and out.splitlines()[-1] == f"scan: computed 1 job(s), 0 already stored → {store}"
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 1 and failed[0].startswith(f"failed: {bad}: not a readable torch checkpoint")
+    assert set(Store(store).table("spectra", "matrices")["checkpoint"]) == {"good"}
+    rc, out, _ = cli(capsys, "scan", root, "--store", store, "--executor", "ray")
+    assert rc == 1 and "computed 0 job(s), 1 already stored" in out

@@ -167,3 +167,26 @@ def test_two_writers_at_once_compute_each_job_once(tmp_path, llama_state):
     assert computed == 6, outs  # not 12: a job claimed by one writer is left to it
     assert len(Store(root).jobs()) == 6
     assert not (root / "spectra" / "_claims").exists() or not list((root / "spectra" / "_claims").iterdir())
+
+
+def test_a_run_with_work_removes_what_killed_writers_left_once_it_is_old(tmp_path, tiny_model, llama_state):
+    import toy_checkpoints as toy
+
+    from subspace_atlas.verify import LEFTOVER_AGE_S
+
+    root = tmp_path / "S"
+    assert main(["spectra", str(tiny_model), "--store", str(root)]) == 0
+    folder = root / "spectra" / "values"
+    old_tmp, old_part, young = (folder / ".part-x.parquet.1234.tmp", folder / "part-gone-1234.parquet",
+                                folder / ".part-y.parquet.5678.tmp")
+    for path in (old_tmp, old_part, young):
+        path.write_bytes(b"half a file")
+    stale = time.time() - LEFTOVER_AGE_S - 60
+    for path in (old_tmp, old_part):
+        os.utime(path, (stale, stale))
+    before = Store(root).table("spectra", "values")
+    other = toy.write_hf_folder(tmp_path / "other", toy.llama_state(seed=5))
+    assert main(["spectra", str(other), "--store", str(root)]) == 0
+    assert not old_tmp.exists() and not old_part.exists() and young.exists()  # young: maybe a live writer's
+    after = Store(root).table("spectra", "values")
+    assert len(after) > len(before) and set(before["checkpoint"]) < set(after["checkpoint"])
