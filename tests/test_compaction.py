@@ -74,6 +74,17 @@ def test_the_demo_store_compacts_to_few_files_with_equal_tables(tmp_path):
     assert compaction.compact(store).jobs == 0  # nothing left to merge
 
 
+def test_small_parts_become_few_row_groups(tmp_path):
+    import pyarrow.parquet as pq
+
+    store = sweep(tmp_path / "S", jobs=60)
+    want = snapshot(store)
+    compaction.compact(store)
+    [merged] = [p for p in store.parts("spectra", "values")]
+    assert pq.ParquetFile(merged).metadata.num_row_groups == 1  # not 60: one per part would read slowly
+    assert_same_tables(store, want)
+
+
 def test_cli_compact_and_filters_after_compaction(tmp_path, capsys):
     store = sweep(tmp_path / "S")
     assert main(["compact", "--store", str(tmp_path / "S")]) == 0
