@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import operator
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pandas as pd
+import pyarrow.dataset as ds
 import streamlit as st
 
+from subspace_atlas import query
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.store import Store
 
@@ -38,8 +43,25 @@ def current_store() -> Store:
     try:
         return Store(root)
     except AtlasError as err:
-        st.error(str(err))
-        st.stop()
+        _fail(str(err))
+
+
+def existing_store() -> Store:
+    """The current store for a page that reads it; where nothing is there (a mistyped path), one "no such store"
+    error and the end of the page, never "compute them" advice."""
+    store = current_store()
+    try:
+        found = bool(version(store)) or store.exists()  # a store with jobs needs no second request
+    except AtlasError as err:  # unreachable
+        _fail(str(err))
+    if not found:
+        _fail(f"no such store: {store.root}")
+    return store
+
+
+def _fail(message: str) -> NoReturn:
+    st.error(message)
+    st.stop()
 
 
 @st.cache_data(show_spinner=False, ttl=1)
@@ -61,11 +83,14 @@ def version(store: Store) -> str:
 # Query results are cached once per server, shared by every session and never pickled (st.cache_resource),
 # keyed by the store's version: a page asks for the slice it draws, and a second visitor gets it for free.
 @st.cache_resource(show_spinner=False, max_entries=256)
-def _read(root: str, analysis: str, table: str, version: str, where: tuple, columns: tuple | None
-          ) -> tuple[pd.DataFrame | None, list[str]]:
+def _read(root: str, analysis: str, table: str, version: str, where: tuple, columns: tuple | None,
+          any_of: tuple[str, ...]) -> tuple[pd.DataFrame | None, list[str]]:
     store = Store(root)
-    found = store.table_if_stored(analysis, table, dict(where), list(columns) if columns else None)
-    return found, [f"{store.relative(path)}: {why}" for path, why in sorted(store.unreadable.items())]
+    either = functools.reduce(operator.or_, (ds.field(flag) == True for flag in any_of)) if any_of else None  # noqa: E712
+    found = query.scan(store, analysis, table, where=dict(where), columns=list(columns) if columns else None,
+                       predicate=either)
+    return (None if found is None else found.to_pandas(),
+            [f"{store.relative(path)}: {why}" for path, why in sorted(store.unreadable.items())])
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -73,11 +98,14 @@ def _jobs(root: str, version: str) -> pd.DataFrame:
     return Store(root).jobs()
 
 
-def table(store: Store, analysis: str, name: str, columns: list[str] | None = None, **where) -> pd.DataFrame | None:
-    """Stored rows of a table whose columns equal ``where`` (a list: any of its values), only ``columns``;
-    None if no job wrote the table. Read once per store version for every session."""
+def table(store: Store, analysis: str, name: str, columns: list[str] | None = None, any_of: tuple[str, ...] = (),
+          **where) -> pd.DataFrame | None:
+    """Stored rows of a table whose columns equal ``where`` (a list: any of its values) and where any of the
+    boolean columns ``any_of`` is true, only ``columns``; None if no job wrote the table. Read once per store
+    version for every session."""
     key = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple, set)) else v) for k, v in where.items()))
-    found, unreadable = _read(store.root, analysis, name, version(store), key, tuple(columns) if columns else None)
+    found, unreadable = _read(store.root, analysis, name, version(store), key, tuple(columns) if columns else None,
+                              tuple(any_of))
     for line in unreadable:  # named once per page, never a traceback; `subspace-atlas verify --repair` heals it
         if line not in st.session_state.setdefault("_warned", set()):
             st.session_state["_warned"].add(line)

@@ -34,7 +34,29 @@ LABELS: dict[str, str] = {"alpha_weighted": "alpha weighted", "log_norm": "log n
                           "log_spectral_norm": "log spectral norm", "stable_rank": "stable rank",
                           "log_alpha_norm": "log alpha norm", "effective_rank": "effective rank",
                           "num_spikes": "spikes above the MP edge", "mp_softrank": "MP soft rank",
-                          "ks_distance": "KS distance", "sigma_max": "largest singular value"}
+                          "ks_distance": "KS distance", "sigma_max": "largest singular value",
+                          "overlap": "subspace overlap", "mean_angle_deg": "mean principal angle (°)",
+                          "rank_ratio": "rank of ΔW / min(m, n)", "update_rank": "rank of ΔW",
+                          "fraction_below": "share of normalised σ below τ", "sar": "subspace alignment ratio",
+                          "n_intruders": "intruders", "epsilon": "ε", "of": "subspaces of", "step": "training step",
+                          "fldd": "FLDD (%)", "wall_s": "seconds", "loss": "held-out loss",
+                          "times_chance": "overlap with the base's top-k ÷ chance",
+                          "jaccard_chance": "Jaccard by chance", "changed_a": "changed in a",
+                          "changed_b": "changed in b", "overlap_coef": "overlap coefficient"}
+
+
+def label(column: str) -> str:
+    """A column's readable name (``LABELS``), else the column itself."""
+    return LABELS.get(column, column)
+
+
+def _integer_ticks(fig: go.Figure, values, axis: str = "x", every_up_to: int = 16) -> go.Figure:
+    """Whole-number ticks on an axis of layers, steps or ranks (never 2.5); every value over a short span."""
+    values = pd.Series(values, dtype=float).dropna()
+    span = float(values.max() - values.min()) if len(values) else 0.0
+    update = fig.update_xaxes if axis == "x" else fig.update_yaxes
+    update(tickformat="d", dtick=1 if span < every_up_to else None)
+    return fig
 
 
 def _empty(message: str) -> go.Figure:
@@ -60,17 +82,22 @@ def layer_kind_heatmap(matrices: pd.DataFrame, metric: str) -> go.Figure:
     if rows.empty or rows[metric].isna().all():
         return _empty(f"no per-layer values of {metric}")
     grid = rows.pivot_table(index="kind", columns="layer", values=metric, aggfunc="mean")
-    return _layer_kind_grid(grid, f"{metric} by layer and kind", metric, "Viridis", ".2f")
+    return _layer_kind_grid(grid, f"{label(metric)} by layer and kind", label(metric), "Viridis", ".2f")
 
 
 def in_step_order(frame: pd.DataFrame) -> list[str]:
-    """The frame's checkpoints by training step, then by name with numbers compared as numbers
-    (checkpoint-20 before checkpoint-100)."""
-    firsts = frame.drop_duplicates("checkpoint")
-    steps = firsts["step"] if "step" in firsts else pd.Series(np.nan, index=firsts.index)
-    keyed = sorted(zip(steps, firsts["checkpoint"]), key=lambda p: (pd.notna(p[0]), p[0] if pd.notna(p[0]) else 0,
-                                                                    natural_key(p[1])))
-    return [name for _, name in keyed]
+    """The frame's checkpoints run by run (those of no run first), each run's by training step, then by name with
+    numbers compared as numbers (checkpoint-20 before checkpoint-100)."""
+    firsts = frame.dropna(subset=["checkpoint"]).drop_duplicates("checkpoint")
+    missing = pd.Series(np.nan, index=firsts.index)
+    keyed = sorted(zip(firsts.get("run", missing), firsts.get("step", missing), firsts["checkpoint"]), key=_step_key)
+    return [name for *_, name in keyed]
+
+
+def _step_key(entry: tuple) -> tuple:
+    run, step, name = entry
+    return (pd.notna(run), natural_key(run) if pd.notna(run) else (), pd.notna(step), step if pd.notna(step) else 0,
+            natural_key(name))
 
 
 def natural_key(name: str) -> tuple:
@@ -84,6 +111,15 @@ def spread(ordered: list, limit: int = MAX_LINES) -> list:
         return list(ordered)
     picks = np.unique(np.round(np.linspace(0, len(ordered) - 1, limit)).astype(int))
     return [ordered[k] for k in picks]
+
+
+def thinned(size: int, head: int = 64, limit: int = 512) -> np.ndarray:
+    """Positions of a curve worth drawing: the first ``head`` (the top singular values, where spectra differ)
+    and about ``limit`` evenly spaced after them, always the last; a browser draws 4,096-point lines slowly."""
+    if size <= head + limit:
+        return np.arange(size)
+    rest = np.linspace(head, size - 1, limit).round().astype(int)
+    return np.unique(np.concatenate([np.arange(head), rest]))
 
 
 def _step_colours(count: int) -> list[str]:
@@ -108,17 +144,18 @@ def metric_by_layer(matrices: pd.DataFrame, metric: str) -> go.Figure:
     fig = make_subplots(rows=-(-len(kinds) // cols), cols=cols, subplot_titles=kinds, shared_xaxes=True,
                         horizontal_spacing=0.06, vertical_spacing=0.12)
     groups = dict(tuple(rows[rows["checkpoint"].isin(drawn)].groupby(["kind", "checkpoint"], sort=False)))
+    mode = "lines+markers" if len(drawn) <= 3 else "lines"  # thousands of SVG markers are slow to draw
     for k, kind in enumerate(kinds):
         for checkpoint, colour in zip(drawn, _step_colours(len(drawn))):
             one = groups.get((kind, checkpoint))
             if one is None:
                 continue
-            fig.add_trace(go.Scatter(x=one["layer"], y=one[metric], mode="lines+markers", name=str(checkpoint),
+            fig.add_trace(go.Scatter(x=one["layer"], y=one[metric], mode=mode, name=str(checkpoint),
                                      legendgroup=str(checkpoint), showlegend=k == 0, line={"color": colour},
                                      customdata=one[["tensor"]], hovertemplate="%{customdata[0]}<br>layer %{x}: "
                                      "%{y:.3g}<extra>%{fullData.name}</extra>"), row=k // cols + 1, col=k % cols + 1)
-    fig.update_xaxes(dtick=1 if rows["layer"].nunique() <= 16 else None, tickformat="d")
-    fig.update_layout(title=f"{LABELS.get(metric, metric)} across layers{_shown(len(order), len(drawn))}",
+    _integer_ticks(fig, rows["layer"])
+    fig.update_layout(title=f"{label(metric)} across layers{_shown(len(order), len(drawn))}",
                       legend_title_text="checkpoint", height=260 * (-(-len(kinds) // cols)) + 80)
     return fig
 
@@ -130,9 +167,9 @@ def metric_over_steps(matrices: pd.DataFrame, metric: str) -> go.Figure:
         return _empty("no checkpoints with a training step")
     mean = (rows.assign(run=rows["run"].fillna("—"))
             .groupby(["run", "kind", "step"], as_index=False)[metric].mean().sort_values("step"))
-    fig = px.line(mean, x="step", y=metric, color="kind", line_dash="run", markers=True)
-    fig.update_layout(title=f"mean {metric} per kind over training")
-    return fig
+    fig = px.line(mean, x="step", y=metric, color="kind", line_dash="run", markers=True, labels=LABELS)
+    fig.update_layout(title=f"mean {label(metric)} per kind over training")
+    return _integer_ticks(fig, mean["step"])
 
 
 def esd_with_fit(sigma: np.ndarray, fit: pd.Series, bins: int = 60) -> go.Figure:
@@ -156,15 +193,22 @@ def esd_with_fit(sigma: np.ndarray, fit: pd.Series, bins: int = 60) -> go.Figure
         y = share * (alpha - 1) / xmin * (x / xmin) ** (-alpha)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"power law, alpha = {alpha:.2f}",
                                  line={"dash": "dash", "color": "crimson"}))
-        fig.add_vline(x=xmin, line={"color": "crimson", "dash": "dot"}, annotation_text="xmin")
+        _log_vline(fig, xmin, "xmin", "crimson", top=True)
     edge = fit.get("mp_bulk_max")
     if pd.notna(edge) and edge > 0:
-        fig.add_vline(x=edge, line={"color": "gray", "dash": "dot"}, annotation_text="MP bulk edge",
-                      annotation_position="bottom right")
+        _log_vline(fig, edge, "MP bulk edge", "gray", top=False)
     fig.update_xaxes(type="log", title="eigenvalue λ = σ²")
     fig.update_yaxes(type="log", title="density")
     fig.update_layout(title=f"eigenvalue density of {fit.get('tensor', '')}")
     return fig
+
+
+def _log_vline(fig: go.Figure, x: float, text: str, colour: str, top: bool) -> None:
+    """A dotted vertical line on a log x-axis, labelled beside it at the top or bottom (an annotation on a log
+    axis sits at log10 x, a shape at x itself)."""
+    fig.add_vline(x=x, line={"color": colour, "dash": "dot"})
+    fig.add_annotation(x=float(np.log10(x)), xref="x", y=1 if top else 0, yref="paper", text=text, showarrow=False,
+                       xanchor="left", yanchor="top" if top else "bottom", font={"color": colour})
 
 
 def singular_value_curves(values: pd.DataFrame, order: list[str] | None = None) -> go.Figure:
@@ -179,12 +223,13 @@ def singular_value_curves(values: pd.DataFrame, order: list[str] | None = None) 
     groups = dict(tuple(values[values["checkpoint"].isin(drawn)].groupby("checkpoint", sort=False)))
     for checkpoint, colour in zip(drawn, _step_colours(len(drawn))):
         one = groups[checkpoint].sort_values("index")
+        one = one.iloc[thinned(len(one))]
         fig.add_trace(go.Scatter(x=one["index"], y=one["sigma"], mode="lines", name=str(checkpoint),
                                  line={"color": colour}))
     fig.update_yaxes(type="log", title="singular value σᵢ", exponentformat="power")
     fig.update_layout(title=f"singular values by rank{_shown(len(order), len(drawn))}", xaxis_title="rank i",
                       legend_title_text="checkpoint")
-    return fig
+    return _integer_ticks(fig, values["index"])
 
 
 def jobs_timeline(jobs: pd.DataFrame) -> go.Figure:
@@ -192,7 +237,7 @@ def jobs_timeline(jobs: pd.DataFrame) -> go.Figure:
     if jobs.empty:
         return _empty("the store is empty")
     fig = px.bar(jobs, x="checkpoint", y="wall_s", color="analysis", hover_data=["created", "device"],
-                 barmode="group")
+                 barmode="group", category_orders={"checkpoint": in_step_order(jobs)}, labels=LABELS)
     fig.update_layout(title="stored jobs: compute time per checkpoint", yaxis_title="seconds")
     return fig
 
@@ -218,9 +263,9 @@ def loss_curves(curves: pd.DataFrame) -> go.Figure:
     """Held-out loss against training step, one line per run."""
     if curves.empty:
         return _empty("no loss curves")
-    fig = px.line(curves, x="step", y="loss", color="run", markers=True)
+    fig = px.line(curves, x="step", y="loss", color="run", markers=True, labels=LABELS)
     fig.update_layout(title="held-out loss over training", yaxis_title="cross-entropy (nats/token)")
-    return fig
+    return _integer_ticks(fig, curves["step"])
 
 
 # ---------------------------------------------------------------- intruder dimensions
@@ -241,7 +286,8 @@ def intruders_vs_epsilon(summary: pd.DataFrame) -> go.Figure:
     if summary.empty:
         return _empty("no intruder summaries")
     total = summary.groupby(["checkpoint", "epsilon"], as_index=False)["n_intruders"].sum().sort_values("epsilon")
-    fig = px.line(total, x="epsilon", y="n_intruders", color="checkpoint", markers=True)
+    fig = px.line(total, x="epsilon", y="n_intruders", color="checkpoint", markers=True,
+                  category_orders={"checkpoint": in_step_order(summary)})
     fig.update_layout(title="intruders in the top-k vs threshold ε (all selected matrices)",
                       xaxis_title="ε (a vector is an intruder when max |cos| with every base vector < ε)",
                       yaxis_title="intruders")
@@ -254,9 +300,9 @@ def intruders_over_steps(summary: pd.DataFrame) -> go.Figure:
     if rows.empty:
         return _empty("no runs with checkpoints")
     total = rows.groupby(["run", "step"], as_index=False)["n_intruders"].sum().sort_values("step")
-    fig = px.line(total, x="step", y="n_intruders", color="run", markers=True)
-    fig.update_layout(title="intruders over training (all selected matrices)", yaxis_title="intruders")
-    return fig
+    fig = px.line(total, x="step", y="n_intruders", color="run", markers=True, labels=LABELS)
+    fig.update_layout(title="intruders over training (all selected matrices)")
+    return _integer_ticks(fig, total["step"])
 
 
 def similarity_matrix(similarity: pd.DataFrame, vectors: pd.DataFrame) -> go.Figure:
@@ -302,28 +348,33 @@ def spectrum_with_intruders(values: pd.DataFrame, vectors: pd.DataFrame, lam: fl
             fig.add_trace(go.Scatter(x=after["index"], y=after["sigma"], mode="lines", name=f"mitigated, λ = {lam:g}",
                                      line={"color": "darkorange", "dash": "dash"}))
     fig.update_layout(title="leading singular values", xaxis_title="rank", yaxis_title="σ")
-    return fig
+    return _integer_ticks(fig, values["index"])
 
 
-def mitigation_curve(matrix: pd.Series) -> go.Figure:
-    """How far PEFT-style mitigation moves one matrix, for every λ in [0, 1]: away from W, back toward W0.
+def mitigation_curve(matrix: pd.Series, vectors: pd.DataFrame, lam: float) -> go.Figure:
+    """How far PEFT-style mitigation of the intruders ``vectors`` marks (at the chosen ε) moves one matrix, for
+    every λ in [0, 1]: away from W, back toward W0; the chosen ``lam`` dotted.
 
-    ‖W' − W‖ = (1 − λ)·√E and ‖W' − W0‖² = ‖ΔW‖² − 2(1 − λ)·P + (1 − λ)²·E, from the stored intruder
-    energy E = Σ s_i² and projection P = Σ s_i·u_iᵀΔW v_i.
+    ‖W' − W‖ = (1 − λ)·√E with the intruders' energy E = Σ s_i².
+    ‖W' − W0‖² = ‖ΔW‖² − 2(1 − λ)·P + (1 − λ)²·E needs P = Σ s_i·u_iᵀΔW v_i, which ``matrix`` holds for the
+    intruders of the job's first ε only: drawn when ``vectors`` marks those same intruders (the same energy).
     """
-    energy, proj = matrix["intruder_energy"], matrix["intruder_update_proj"]
+    energy = float(np.sum(vectors.loc[vectors["is_intruder"], "sigma"].to_numpy(dtype=float) ** 2))
     if not energy > 0:
-        return _empty("no intruders in this matrix: mitigation leaves it unchanged")
-    lam = np.linspace(0, 1, 51)
-    shift = (1 - lam) * np.sqrt(energy) / matrix["norm_tuned"]
-    moved = np.sqrt(np.maximum(matrix["norm_update"] ** 2 - 2 * (1 - lam) * proj + (1 - lam) ** 2 * energy, 0))
-    fig = go.Figure([
-        go.Scatter(x=lam, y=shift, name="‖W′ − W‖ / ‖W‖ (how far the matrix moves)"),
-        go.Scatter(x=lam, y=moved / matrix["norm_update"], name="‖W′ − W0‖ / ‖W − W0‖ (update left)"),
-    ])
-    fig.add_vline(x=matrix["mitigation_lambda"], line={"dash": "dot", "color": "gray"}, annotation_text="stored λ")
-    fig.update_layout(title="mitigation W′ = W + (λ − 1)·Σ_intruders s u vᵀ", xaxis_title="λ",
-                      yaxis_title="relative Frobenius distance")
+        return _empty("no intruders at this ε: mitigation leaves the matrix unchanged")
+    grid = np.linspace(0, 1, 51)
+    traces = [go.Scatter(x=grid, y=(1 - grid) * np.sqrt(energy) / matrix["norm_tuned"],
+                         name="‖W′ − W‖ / ‖W‖ (how far the matrix moves)")]
+    stored = bool(np.isclose(energy, matrix["intruder_energy"], rtol=1e-4))
+    if stored:
+        proj, update = matrix["intruder_update_proj"], matrix["norm_update"]
+        moved = np.sqrt(np.maximum(update**2 - 2 * (1 - grid) * proj + (1 - grid) ** 2 * energy, 0))
+        traces.append(go.Scatter(x=grid, y=moved / update, name="‖W′ − W0‖ / ‖W − W0‖ (update left)"))
+    fig = go.Figure(traces)
+    fig.add_vline(x=lam, line={"dash": "dot", "color": "gray"}, annotation_text=f"λ = {lam:g}")
+    note = "" if stored else "<br><sup>the update left, ‖W′ − W0‖, is stored for the job's first ε only</sup>"
+    fig.update_layout(title=f"mitigation W′ = W + (λ − 1)·Σ<sub>intruders</sub> s u vᵀ{note}",
+                      xaxis_title="λ", yaxis_title="relative Frobenius distance")
     return fig
 
 
@@ -360,7 +411,8 @@ def sparsity_by_checkpoint(matrices: pd.DataFrame) -> go.Figure:
     """Whole-model unchanged share per checkpoint, one bar per definition: RL vs SFT, and what bf16 hides."""
     if matrices.empty:
         return _empty("no matrices")
-    total = weighted_unchanged(matrices, ["checkpoint"])
+    total = weighted_unchanged(matrices, ["checkpoint"]).set_index("checkpoint").loc[in_step_order(matrices)]
+    total = total.reset_index()
     fig = go.Figure([go.Bar(x=total["checkpoint"], y=total[f"unchanged_{d}"], name=d,
                             hovertemplate="%{x}<br>%{y:.1%} unchanged<extra>" + d + "</extra>")
                      for d in SPARSITY_DEFINITIONS])
@@ -375,10 +427,10 @@ def sparsity_over_steps(matrices: pd.DataFrame, definition: str) -> go.Figure:
     if rows.empty:
         return _empty("no runs with checkpoints")
     total = weighted_unchanged(rows, ["run", "step"]).sort_values("step")
-    fig = px.line(total, x="step", y=f"unchanged_{definition}", color="run", markers=True)
+    fig = px.line(total, x="step", y=f"unchanged_{definition}", color="run", markers=True, labels=LABELS)
     fig.update_layout(title=f"unchanged share over training ({definition})", yaxis_tickformat=".0%",
                       yaxis_title="unchanged")
-    return fig
+    return _integer_ticks(fig, total["step"])
 
 
 def overlap_vs_chance(overlap: pd.DataFrame) -> go.Figure:
@@ -387,7 +439,7 @@ def overlap_vs_chance(overlap: pd.DataFrame) -> go.Figure:
         return _empty("no pairs of fine-tunes")
     pair = overlap["checkpoint_a"] + " ∩ " + overlap["checkpoint_b"]
     fig = px.scatter(overlap.assign(pair=pair), x="jaccard_chance", y="jaccard", color="pair",
-                     hover_data=["tensor", "changed_a", "changed_b", "overlap_coef"])
+                     hover_data=["tensor", "changed_a", "changed_b", "overlap_coef"], labels=LABELS)
     lo = float(min(overlap["jaccard_chance"].min(), overlap["jaccard"].min()))
     fig.add_trace(go.Scatter(x=[lo, 1], y=[lo, 1], mode="lines", name="chance (independent masks)",
                              line={"dash": "dash", "color": "gray"}))
@@ -402,9 +454,10 @@ def update_rank_by_layer(matrices: pd.DataFrame) -> go.Figure:
     if rows.empty:
         return _empty("no update ranks stored (computed without --rank?)")
     fig = px.line(rows, x="layer", y="rank_ratio", color="checkpoint", line_dash="kind", markers=True,
-                  hover_data=["tensor", "update_rank"])
+                  hover_data=["tensor", "update_rank"], labels=LABELS,
+                  category_orders={"checkpoint": in_step_order(rows)})
     fig.update_layout(title="numerical rank of ΔW / min(m, n)", yaxis_range=[0, 1.05])
-    return fig
+    return _integer_ticks(fig, rows["layer"])
 
 
 # ---------------------------------------------------------------- task-subspace angles
@@ -415,7 +468,7 @@ def task_overlap_matrix(pairs: pd.DataFrame, value: str = "overlap") -> go.Figur
     if pairs.empty:
         return _empty("no pairs of tasks")
     mean = pairs.groupby(["checkpoint_a", "checkpoint_b"], as_index=False)[value].mean()
-    tasks = sorted(set(mean["checkpoint_a"]) | set(mean["checkpoint_b"]))
+    tasks = sorted(set(mean["checkpoint_a"]) | set(mean["checkpoint_b"]), key=natural_key)
     grid = pd.DataFrame(np.nan, index=tasks, columns=tasks)
     for row in mean.itertuples():
         grid.loc[row.checkpoint_a, row.checkpoint_b] = grid.loc[row.checkpoint_b, row.checkpoint_a] = getattr(row, value)
@@ -423,9 +476,20 @@ def task_overlap_matrix(pairs: pd.DataFrame, value: str = "overlap") -> go.Figur
         grid.loc[t, t] = 1.0 if value == "overlap" else 0.0
     scale, zrange = ("Blues", (0, 1)) if value == "overlap" else ("Blues_r", (0, 90))
     fig = px.imshow(grid, text_auto=".2f", color_continuous_scale=scale, zmin=zrange[0], zmax=zrange[1],
-                    labels={"color": value}, aspect="auto")
-    fig.update_layout(title=f"task × task: mean {value} over the selected matrices")
+                    labels={"color": label(value)}, aspect="auto")
+    _mark_not_computed(fig, grid)
+    fig.update_layout(title=f"task × task: {label(value)}, averaged over the selected matrices")
     return fig
+
+
+def _mark_not_computed(fig: go.Figure, grid: pd.DataFrame) -> None:
+    """Grey cells saying "not computed" over a heatmap's missing pairs (blank would read as the scale's low end)."""
+    missing = grid.isna().to_numpy()
+    if missing.any():
+        fig.add_trace(go.Heatmap(z=np.where(missing, 0.0, np.nan), x=list(grid.columns), y=list(grid.index),
+                                 colorscale=[[0, "lightgrey"], [1, "lightgrey"]], showscale=False, name="not computed",
+                                 text=np.where(missing, "not computed", "").tolist(), texttemplate="%{text}",
+                                 hovertemplate="%{y} × %{x}: not computed<extra></extra>"))
 
 
 def overlap_by_layer(pairs: pd.DataFrame) -> go.Figure:
@@ -435,9 +499,10 @@ def overlap_by_layer(pairs: pd.DataFrame) -> go.Figure:
         return _empty("no per-layer matrices")
     rows = rows.assign(pair=rows["checkpoint_a"] + " ↔ " + rows["checkpoint_b"])
     mean = rows.groupby(["pair", "layer"], as_index=False)["overlap"].mean().sort_values("layer")
-    fig = px.line(mean, x="layer", y="overlap", color="pair", markers=True)
-    fig.update_layout(title="subspace overlap ‖Q_aᵀQ_b‖²_F / k across layers", yaxis_range=[0, 1.02])
-    return fig
+    fig = px.line(mean, x="layer", y="overlap", color="pair", markers=True, labels=LABELS)
+    fig.update_layout(title="subspace overlap ‖Q<sub>a</sub>ᵀQ<sub>b</sub>‖²<sub>F</sub> / k across layers",
+                      yaxis_range=[0, 1.02])
+    return _integer_ticks(fig, mean["layer"])
 
 
 def angle_spectrum(pair_rows: pd.DataFrame) -> go.Figure:
@@ -446,8 +511,9 @@ def angle_spectrum(pair_rows: pd.DataFrame) -> go.Figure:
         return _empty("no such pair and matrix")
     fig = go.Figure([go.Scatter(x=np.arange(1, len(row.angles) + 1), y=list(row.angles), mode="lines+markers",
                                 name=f"{row.side} (k = {row.k})") for row in pair_rows.itertuples()])
-    fig.update_layout(title="principal angles", xaxis_title="i", yaxis_title="θ_i (degrees)", yaxis_range=[0, 91])
-    return fig
+    fig.update_layout(title="principal angles", xaxis_title="i", yaxis_title="θ<sub>i</sub> (degrees)",
+                      yaxis_range=[0, 91])
+    return _integer_ticks(fig, [1, max(len(row.angles) for row in pair_rows.itertuples())])
 
 
 def base_alignment(tasks: pd.DataFrame) -> go.Figure:
@@ -457,12 +523,13 @@ def base_alignment(tasks: pd.DataFrame) -> go.Figure:
         return _empty("no per-layer matrices")
     rows = rows.assign(times_chance=rows["overlap_with_base_top"] / rows["overlap_chance"])
     mean = rows.groupby(["checkpoint", "layer"], as_index=False)["times_chance"].mean()
-    fig = px.line(mean.sort_values("layer"), x="layer", y="times_chance", color="checkpoint", markers=True)
+    fig = px.line(mean.sort_values("layer"), x="layer", y="times_chance", color="checkpoint", markers=True,
+                  labels=LABELS, category_orders={"checkpoint": in_step_order(rows)})
     fig.add_hline(y=1.0, line={"dash": "dot", "color": "gray"}, annotation_text="chance (a random k-dim subspace)")
     fig.update_layout(title="does the update write into the base's principal directions? "
-                            "‖U0_kᵀU_t‖²_F / k, as a multiple of chance (k / m)",
-                      yaxis_title="overlap with the base's top-k ÷ chance", yaxis_rangemode="tozero")
-    return fig
+                            "‖U0<sub>k</sub>ᵀU<sub>t</sub>‖²<sub>F</sub> / k, as a multiple of chance (k / m)",
+                      yaxis_rangemode="tozero")
+    return _integer_ticks(fig, mean["layer"])
 
 
 def sar_by_task(alignment: pd.DataFrame) -> go.Figure:
@@ -471,9 +538,10 @@ def sar_by_task(alignment: pd.DataFrame) -> go.Figure:
     if rows.empty:
         return _empty("no alignment with a summed task matrix (needs two or more tasks)")
     mean = rows.groupby(["checkpoint", "layer"], as_index=False)["sar"].mean().sort_values("layer")
-    fig = px.line(mean, x="layer", y="sar", color="checkpoint", markers=True)
+    fig = px.line(mean, x="layer", y="sar", color="checkpoint", markers=True, labels=LABELS,
+                  category_orders={"checkpoint": in_step_order(rows)})
     fig.update_layout(title="Subspace Alignment Ratio with the summed task matrix (Iso-C)", yaxis_range=[0, 1.02])
-    return fig
+    return _integer_ticks(fig, mean["layer"])
 
 
 # ---------------------------------------------------------------- training dynamics (overlap)
@@ -488,32 +556,58 @@ def against_reference(pairs: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def overlap_over_steps(rows: pd.DataFrame, reference: str) -> go.Figure:
-    """Overlap vs step, one line per layer, one panel per kind, with the chance level dotted."""
+    """Overlap vs step, one line per layer (dark: early layers, bright: late), one panel per kind, with the
+    chance level dotted. Built as one dict (a run of 50 checkpoints has hundreds of lines; plotly's
+    per-call validation was most of a page's time)."""
     rows = rows.dropna(subset=["overlap"])
     if rows.empty:
         return _empty("no overlaps for these filters")
-    mean = rows.groupby(["kind", "layer", "step"], dropna=False, as_index=False).agg(
-        overlap=("overlap", "mean"), chance=("chance", "mean"))
-    order = [str(x) for x in sorted(mean["layer"].dropna().unique())] + ["—"]
-    mean["layer"] = mean["layer"].astype("string").fillna("—")
-    fig = px.line(mean.sort_values("step"), x="step", y="overlap", color="layer", facet_col="kind",
-                  facet_col_wrap=3, markers=True, range_y=[0, 1.02], category_orders={"layer": order},
-                  color_discrete_sequence=px.colors.sequential.Viridis)
-    _chance_line(fig, float(mean["chance"].mean()))
-    fig.update_layout(title=f"Top-k subspace overlap with the {reference} checkpoint", height=480)
-    return fig
+    mean = (rows.groupby(["kind", "layer", "step"], dropna=False, as_index=False)
+            .agg(overlap=("overlap", "mean"), chance=("chance", "mean")).sort_values("step"))
+    kinds = sorted(mean["kind"].unique())
+    layers = sorted(mean["layer"].dropna().unique()) + ([None] if mean["layer"].isna().any() else [])
+    colours = dict(zip(layers, _step_colours(len(layers))))
+    cols = min(3, len(kinds))
+    layout, axes = _panels(kinds, cols)
+    chance = float(mean["chance"].mean())
+    traces, shown = [], set()
+    for kind, axis in zip(kinds, axes):
+        layout[f"yaxis{axis}"]["range"] = [0, 1.02]
+        layout["shapes"].append({"type": "line", "xref": f"x{axis} domain", "yref": f"y{axis}", "x0": 0, "x1": 1,
+                                 "y0": chance, "y1": chance, "line": {"dash": "dot", "color": "grey"}})
+        for layer, one in mean[mean["kind"] == kind].groupby("layer", dropna=False, sort=True):
+            layer = None if pd.isna(layer) else layer
+            name = "—" if layer is None else str(int(layer))
+            traces.append({"type": "scatter", "x": one["step"].tolist(), "y": one["overlap"].tolist(),
+                           "mode": "lines", "name": name, "legendgroup": name,
+                           "showlegend": name not in shown, "line": {"color": colours[layer]},
+                           "xaxis": f"x{axis}", "yaxis": f"y{axis}",
+                           "hovertemplate": f"{kind}, layer {name}<br>step %{{x}}: %{{y:.3f}}<extra></extra>"})
+            shown.add(name)
+    layout["annotations"].append({"text": f"chance ≈ {chance:.2g}", "xref": "paper", "yref": "y", "x": 1,
+                                  "y": chance, "xanchor": "right", "yanchor": "bottom", "showarrow": False,
+                                  "font": {"color": "grey"}})
+    layout |= {"title": {"text": f"Top-k subspace overlap with the {reference} checkpoint"},
+               "legend": {"title": {"text": "layer"}}, "height": 280 * -(-len(kinds) // cols) + 120}
+    return _integer_ticks(go.Figure(data=traces, layout=layout), mean["step"])
 
 
-def _chance_line(fig: go.Figure, chance: float) -> None:
-    """A dotted line at the chance level across every panel, labelled once (``add_hline`` walks every trace
-    per panel: seconds on a run's figure)."""
-    panels = sorted(key.removeprefix("yaxis") for key in fig.layout.to_plotly_json() if key.startswith("yaxis"))
-    fig.update_layout(shapes=[{"type": "line", "xref": f"x{n} domain", "yref": f"y{n}", "x0": 0, "x1": 1,
-                               "y0": chance, "y1": chance, "line": {"dash": "dot", "color": "grey"}} for n in panels],
-                      annotations=list(fig.layout.annotations) + [
-                          {"text": f"chance ≈ {chance:.2g}", "xref": "paper", "yref": f"y{panels[0]}", "x": 1,
-                           "y": chance, "xanchor": "right", "yanchor": "bottom", "showarrow": False,
-                           "font": {"color": "grey"}}])
+def _panels(titles: list[str], cols: int, gap_x: float = 0.05, gap_y: float = 0.14) -> tuple[dict, list[str]]:
+    """A layout dict of small multiples, row by row, each titled; and each panel's axis suffix ("", "2", …)."""
+    rows = -(-len(titles) // cols)
+    width, height = (1 - gap_x * (cols - 1)) / cols, (1 - gap_y * (rows - 1)) / rows
+    layout: dict = {"annotations": [], "shapes": []}
+    axes = []
+    for k, title in enumerate(titles):
+        row, col = divmod(k, cols)
+        axis = "" if k == 0 else str(k + 1)
+        x0, top = col * (width + gap_x), 1 - row * (height + gap_y)
+        layout[f"xaxis{axis}"] = {"domain": [max(0.0, x0), min(1.0, x0 + width)], "anchor": f"y{axis}"}
+        layout[f"yaxis{axis}"] = {"domain": [max(0.0, top - height), min(1.0, top)], "anchor": f"x{axis}"}
+        layout["annotations"].append({"text": title, "x": x0 + width / 2, "y": top, "xref": "paper", "yref": "paper",
+                                      "xanchor": "center", "yanchor": "bottom", "showarrow": False})
+        axes.append(axis)
+    return layout, axes
 
 
 def overlap_layer_step(rows: pd.DataFrame, reference: str) -> go.Figure:
@@ -531,7 +625,7 @@ def overlap_layer_step(rows: pd.DataFrame, reference: str) -> go.Figure:
 
 
 def checkpoint_overlap_matrix(rows: pd.DataFrame) -> go.Figure:
-    """Checkpoint × checkpoint overlap of one matrix's subspaces (symmetric; blank where not computed)."""
+    """Checkpoint × checkpoint overlap of one matrix's subspaces (symmetric; grey where not computed)."""
     if rows.empty:
         return _empty("no pairs for this matrix")
     steps = sorted(set(rows["step_a"].dropna()) | set(rows["step_b"].dropna()))
@@ -543,6 +637,7 @@ def checkpoint_overlap_matrix(rows: pd.DataFrame) -> go.Figure:
     grid = pd.DataFrame(values, index=steps, columns=steps)
     fig = px.imshow(grid, color_continuous_scale="Viridis", zmin=0, zmax=1,
                     labels={"x": "step", "y": "step", "color": "overlap"})
+    _mark_not_computed(fig, grid)
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     missing = int(grid.isna().to_numpy().sum())
@@ -559,16 +654,24 @@ def convergence_by_layer(convergence: pd.DataFrame, column: str = "settled_step"
     per = rows.groupby(["of", "layer"], as_index=False).agg(
         step=(column, lambda s: s.max() if s.notna().all() else np.nan),
         settled=(column, lambda s: int(s.notna().sum())), matrices=(column, "size"))
+    if per["step"].isna().all():
+        return _empty("no layer settled within the run: some matrix of every layer kept moving")
+    fig = px.bar(per, x="layer", y="step", color="of", barmode="group", hover_data=["settled", "matrices"],
+                 labels=LABELS)
     never = per[per["step"].isna()]
-    fig = px.bar(per, x="layer", y="step", color="of", barmode="group", hover_data=["settled", "matrices"])
-    if not never.empty:
-        fig.add_trace(go.Scatter(x=never["layer"], y=[0] * len(never), mode="markers", name="not settled",
+    if not never.empty:  # above every bar, labelled: a layer that never settled is not one that settled at 0
+        top = max(float(per["step"].max()), 1.0) * 1.12
+        fig.add_trace(go.Scatter(x=never["layer"], y=[top] * len(never), mode="markers+text", name="not settled",
                                  marker={"symbol": "x", "size": 12, "color": "black"},
-                                 text=never["of"], hovertemplate="layer %{x}: %{text} never settled"))
+                                 text=["not settled"] * len(never), textposition="top center", cliponaxis=False,
+                                 customdata=never[["of", "settled", "matrices"]],
+                                 hovertemplate="layer %{x}: %{customdata[0]} not settled within the run "
+                                               "(%{customdata[1]} of %{customdata[2]} matrices did)<extra></extra>"))
     fig.update_xaxes(type="category")
+    _integer_ticks(fig, per["step"], axis="y")
     what = "stays ≥ the threshold with the previous checkpoint" if column == "settled_step" else \
         "reaches Q-GaLore's leading-vector threshold"
-    fig.update_layout(title=f"Step from which every matrix of a layer {what}", yaxis_title="step")
+    fig.update_layout(title=f"Step from which every matrix of a layer {what}")
     return fig
 
 
@@ -576,18 +679,21 @@ def spectrum_over_training(spectrum: pd.DataFrame) -> go.Figure:
     """One matrix's singular values at every checkpoint, coloured from early (dark) to late (light)."""
     if spectrum.empty:
         return _empty("no spectra stored for this matrix")
-    rows = spectrum.sort_values("step")
+    every = spectrum.sort_values("step")
+    rows = every.iloc[spread(list(range(len(every))))]
     steps = rows["step"].astype(float).to_numpy()
     span = (steps - steps.min()) / (np.ptp(steps) or 1)
     colors = px.colors.sample_colorscale("Viridis", list(span))
     fig = go.Figure()
     for (step, sigma), color in zip(rows[["step", "sigma"]].itertuples(index=False), colors):
         sigma = np.asarray(sigma)
-        fig.add_trace(go.Scatter(x=np.arange(1, sigma.size + 1), y=sigma, mode="lines", name=f"step {step}",
+        keep = thinned(sigma.size)
+        fig.add_trace(go.Scatter(x=keep + 1, y=sigma[keep], mode="lines", name=f"step {step}",
                                  line={"color": color}))
-    fig.update_layout(title=f"{rows['tensor'].iloc[0]}: singular values over training",
-                      xaxis_title="index i", yaxis_title="σ_i", yaxis_type="log")
-    return fig
+    shown = "" if len(rows) == len(every) else f" ({len(rows)} of {len(every)} checkpoints, evenly spaced)"
+    fig.update_layout(title=f"{rows['tensor'].iloc[0]}: singular values over training{shown}",
+                      xaxis_title="index i", yaxis_title="σ<sub>i</sub>", yaxis_type="log")
+    return _integer_ticks(fig, [1, max(np.asarray(s).size for s in rows["sigma"])])
 
 
 def welore_over_steps(welore: pd.DataFrame, share: float) -> go.Figure:
@@ -596,16 +702,24 @@ def welore_over_steps(welore: pd.DataFrame, share: float) -> go.Figure:
         return _empty("no WeLore values for these filters")
     mean = welore.groupby(["kind", "step"], as_index=False)["fraction_below"].mean()
     fig = px.line(mean.sort_values("step"), x="step", y="fraction_below", color="kind", markers=True,
-                  range_y=[0, 1])
+                  range_y=[0, 1], labels=LABELS)
     fig.add_hline(y=share, line_dash="dot", line_color="grey", annotation_text="low-rank component above")
     fig.update_layout(title="Share of normalised singular values below τ (heavier tail → higher)")
-    return fig
+    return _integer_ticks(fig, mean["step"])
 
 
 # ---------------------------------------------------------------- activation patching
 
 VERDICT_COLORS = {"faithful": "#2a9d8f", "illusory": "#e76f51", "inconclusive": "#adb5bd"}
 COMPONENT_ORDER = ["activation", "full", "row", "null"]
+PARTS = ["v<sub>row</sub>", "v<sub>null</sub>"]
+
+
+def strongest_effect(effects: pd.DataFrame) -> pd.Series:
+    """The result (its layer, method, …) where the whole direction moves the answer most: the largest |FLDD| of
+    the ``full`` component (the first row when no effect is known)."""
+    size = effects["fldd"].where(effects["component"] == "full").abs()
+    return effects.loc[size.idxmax()] if size.notna().any() else effects.iloc[0]
 
 
 def verdict_grid(effects: pd.DataFrame) -> go.Figure:
@@ -637,8 +751,8 @@ def effect_by_component(rows: pd.DataFrame) -> go.Figure:
     if rows.empty:
         return _empty("no result for this choice")
     rows = rows.set_index("component").reindex(COMPONENT_ORDER).dropna(subset=["fldd"]).reset_index()
-    labels = {"activation": "whole activation", "full": "direction v", "row": "v_row (read downstream)",
-              "null": "v_null (not read)"}
+    labels = {"activation": "whole activation", "full": "direction v", "row": "v<sub>row</sub> (read downstream)",
+              "null": "v<sub>null</sub> (not read)"}
     fig = go.Figure(go.Bar(x=[labels[c] for c in rows["component"]], y=rows["fldd"],
                            text=[f"{v:.1f} %" for v in rows["fldd"]], textposition="outside",
                            customdata=rows["accuracy"], hovertemplate="%{x}: FLDD %{y:.1f} %, "
@@ -655,8 +769,8 @@ def norm_split(rows: pd.DataFrame) -> go.Figure:
     if parts["norm"].isna().all():
         return _empty("no split for this choice")
     fig = go.Figure([
-        go.Bar(x=["v_row", "v_null"], y=parts["norm"], name="norm in v (‖v‖ = 1)"),
-        go.Bar(x=["v_row", "v_null"], y=parts["separation"], name="base↔source difference / spread on the data"),
+        go.Bar(x=PARTS, y=parts["norm"], name="norm in v (‖v‖ = 1)"),
+        go.Bar(x=PARTS, y=parts["separation"], name="base↔source difference / spread on the data"),
     ])
     fig.update_layout(barmode="group", title="The direction's parts: size, and how much they vary with the feature")
     return fig

@@ -108,7 +108,7 @@ def _intruders(store: Store) -> list[Section]:
     epsilon = 0.5 if 0.5 in set(left["epsilon"]) else sorted(left["epsilon"].unique())[0]
     at_eps = left[left["epsilon"] == epsilon]
     counts = at_eps.groupby("checkpoint")["n_intruders"].sum().sort_values(ascending=False)
-    finals = sorted(at_eps.loc[at_eps["run"].isna(), "checkpoint"].unique()) or list(counts.index[:6])
+    finals = charts.in_step_order(at_eps[at_eps["run"].isna()]) or list(counts.index[:6])
     most = counts.index[0]
     figures = [charts.intruders_vs_epsilon(left[left["checkpoint"].isin(finals)]),
                charts.intruder_heatmap(at_eps[at_eps["checkpoint"] == most],
@@ -127,7 +127,7 @@ def _sparsity(store: Store) -> list[Section]:
     definition = next(iter(charts.SPARSITY_DEFINITIONS))
     sections = []
     for base, view in matrices.groupby("base"):
-        finals = sorted(view.loc[view["run"].isna(), "checkpoint"].unique()) or sorted(view["checkpoint"].unique())
+        finals = charts.in_step_order(view[view["run"].isna()]) or charts.in_step_order(view)
         figures = [charts.sparsity_by_checkpoint(view[view["checkpoint"].isin(finals)]),
                    charts.update_rank_by_layer(view[view["checkpoint"].isin(finals)])]
         if view["run"].notna().any():
@@ -166,7 +166,8 @@ def _overlap(store: Store) -> list[Section]:
         versus = charts.against_reference(view, "previous")
         figures = [charts.overlap_over_steps(versus, "previous"), charts.overlap_layer_step(versus, "previous")]
         if convergence is not None:
-            conv = convergence[(convergence["run"] == run) & (convergence["side"] == "left")]
+            conv = convergence[(convergence["run"] == run) & (convergence["side"] == "left")
+                               & (convergence["of"] == of)]
             if not conv.empty:
                 figures.append(charts.convergence_by_layer(conv))
         sections.append(Section(f"Training dynamics: {run}", figures,

@@ -119,6 +119,7 @@ def test_spectra_filters_change_the_view(monkeypatch, run_store):
 
 
 def test_empty_store_explains_itself(monkeypatch, tmp_path):
+    (tmp_path / "nothing").mkdir()
     at = _app(monkeypatch, tmp_path / "nothing").run()
     assert not at.exception and "empty" in at.info[0].value
     at.switch_page("views/spectra.py").run()
@@ -129,6 +130,51 @@ def test_empty_store_explains_itself(monkeypatch, tmp_path):
     assert not at.exception and "No sparsity results" in at.info[0].value
     at.switch_page("views/angles.py").run()
     assert not at.exception and "No task angles" in at.info[0].value
+
+
+READING_PAGES = ["views/overview.py", "views/spectra.py", "views/intruders.py", "views/sparsity.py", "views/angles.py",
+                 "views/overlap.py", "views/patching.py"]
+
+
+def _says_no_such_store(at: AppTest, root: Path) -> None:
+    """Every page that reads shows one "no such store" error and nothing else (no "compute them" advice)."""
+    for page in READING_PAGES:
+        at.switch_page(page).run()
+        assert not at.exception
+        assert [e.value for e in at.error] == [f"no such store: {root}"], page
+        assert not at.info and not at.title and not _charts(at), page
+
+
+def test_a_mistyped_store_path_says_no_such_store(monkeypatch, tmp_path):
+    typo = tmp_path / "stroe"
+    at = _app(monkeypatch, None)
+    monkeypatch.setattr(sys, "argv", ["streamlit", "--store", str(typo)])
+    _says_no_such_store(at.run(), typo)
+    assert not typo.exists(), "looking at a store never creates it"
+
+
+def test_a_mistyped_store_in_the_sidebar_says_no_such_store(monkeypatch, tmp_path):
+    at = _app(monkeypatch, None).run()
+    assert not at.error
+    at.sidebar.text_input(key="store_root").set_value(str(tmp_path / "stroe")).run()
+    _says_no_such_store(at, tmp_path / "stroe")
+
+
+def test_checkpoint_lists_follow_training_steps_not_names(monkeypatch):
+    at = _app(monkeypatch, None).run()
+    at.switch_page("views/spectra.py").run()
+    at.selectbox(key="spectra_group").set_value("sentiment-full").run()
+    assert not at.exception
+    steps = at.dataframe[0].value.drop_duplicates("checkpoint").set_index("checkpoint")["step"]
+    assert "sentiment-full/checkpoint-8" in steps
+    for key in ("spectra_checkpoints:sentiment-full", "spectra_heat_checkpoint", "spectra_esd_checkpoint"):
+        widget = at.multiselect(key=key) if key.startswith("spectra_checkpoints") else at.selectbox(key=key)
+        assert [steps[c] for c in widget.options] == sorted(steps), key  # checkpoint-8 first, not after -60
+    at.switch_page("views/intruders.py").run()
+    options = at.selectbox(key="intruders_one_checkpoint").options
+    run = [c for c in options if c.startswith("code-full/")]
+    assert [int(c.rsplit("-", 1)[1]) for c in run] == sorted(int(c.rsplit("-", 1)[1]) for c in run)
+    assert options.index("code-full/checkpoint-8") + len(run) - 1 == options.index("code-full/checkpoint-60")
 
 
 def test_angles_page_on_demo_shows_tasks_pairs_and_alignment(monkeypatch):
@@ -185,6 +231,8 @@ def test_intruders_page_on_demo_compares_full_and_lora(monkeypatch):
     at.switch_page("views/intruders.py").run()
     assert not at.exception
     assert len(_charts(at)) == 6  # heatmap, ε sweep, over training, similarity, spectrum, mitigation
+    kinds = at.multiselect(key="intruders_kinds")
+    assert kinds.value == kinds.options and "embed" in kinds.value, "starts on every kind, not only shared ones"
     fine_tunes = {spec.name for spec in zoo.plan() if spec.kind in ("finetune", "continual")}
     assert set(at.multiselect(key="intruders_compare").value) == fine_tunes
     sweep = json.loads(at.get("plotly_chart")[1].proto.spec)
@@ -206,6 +254,30 @@ def test_intruders_page_on_demo_compares_full_and_lora(monkeypatch):
     assert set(at.dataframe[-1].value["epsilon"]) == {0.9}
 
 
+def test_intruders_mitigation_follows_the_chosen_epsilon(monkeypatch):
+    """At ε = 0.7 this matrix has 3 intruders (0 at the stored ε = 0.5): table, spectrum and mitigation agree."""
+    from subspace_atlas.store import Store
+
+    tensor = "encoder.layer.5.attention.output.dense.weight"
+    at = _app(monkeypatch, None).run()
+    at.switch_page("views/intruders.py").run()
+    at.selectbox(key="intruders_epsilon").set_value(0.7).run()
+    at.selectbox(key="intruders_one_checkpoint").set_value("code-lora-r8").run()
+    at.selectbox(key="intruders_one_tensor:code-lora-r8").set_value(tensor).run()
+    assert not at.exception
+    vectors = at.dataframe[0].value
+    sigma = vectors.loc[vectors["is_intruder"], "sigma"].to_numpy()
+    assert len(sigma) == 3
+    spectrum, mitigation = (json.loads(chart.proto.spec) for chart in _charts(at)[4:6])
+    marked = next(trace for trace in spectrum["data"] if trace["name"] == "intruder")
+    assert len(_plotly_array(marked["x"])) == 3
+    matrix = Store(DEMO).table("intruders", "matrices", {"checkpoint": "code-lora-r8", "tensor": tensor}).iloc[0]
+    assert matrix["n_intruders"] == 0, "stored at the job's first ε, 0.5"
+    assert mitigation["data"], "not 'no intruders'"
+    moved = _plotly_array(mitigation["data"][0]["y"])
+    assert moved[0] == pytest.approx(np.sqrt(np.sum(sigma**2)) / matrix["norm_tuned"], rel=1e-5)
+
+
 def test_read_only_hides_work_and_paths(monkeypatch):
     at = _app(monkeypatch, None, read_only=True).run()
     assert not at.exception
@@ -221,6 +293,7 @@ def test_compute_page_launches_the_cli(monkeypatch, tmp_path):
     at = _app(monkeypatch, store).run()
     at.switch_page("views/compute.py").run()
     assert not at.exception
+    assert any("the first job creates the store" in c.value for c in at.caption)
     at.text_area(key="compute_paths").set_value(str(ckpt)).run()
     at.button(key="compute_go").click().run(timeout=120)
     assert not at.exception
@@ -238,6 +311,8 @@ def test_overlap_page_on_demo_shows_runs_references_and_convergence(monkeypatch)
     assert set(at.selectbox(key="overlap_of").options) == {"weights", "updates", "steps", "gradients"}
     at.selectbox(key="overlap_of").set_value("gradients").run()
     assert not at.exception
+    convergence = json.loads(at.get("plotly_chart")[3].proto.spec)
+    assert {t["name"] for t in convergence["data"]} == {"gradients"}, "the convergence of the subspaces chosen only"
     grid = json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]
     before = grid["z"]
     assert len(_plotly_array(grid["x"])) == 24  # 25 checkpoints: 24 steps compared with their previous one
@@ -253,6 +328,20 @@ def test_overlap_page_on_demo_shows_runs_references_and_convergence(monkeypatch)
     assert not at.exception
 
 
+def test_convergence_draws_layers_that_never_settled_apart(monkeypatch):
+    """Steps of GPT-2's layer 0 never all reach Q-GaLore's threshold: marked above the bars, not at step 0."""
+    at = _app(monkeypatch, None).run()
+    at.switch_page("views/overlap.py").run()
+    at.selectbox(key="overlap_run").set_value("pretrain-gpt2-stdlib").run()
+    at.selectbox(key="overlap_of").set_value("steps").run()
+    at.radio(key="overlap_rule").set_value("qgalore_step").run()
+    assert not at.exception
+    traces = {t["name"]: t for t in json.loads(at.get("plotly_chart")[3].proto.spec)["data"]}
+    assert set(traces) == {"steps", "not settled"}
+    never, bars = traces["not settled"], _plotly_array(traces["steps"]["y"]).astype(float)
+    assert list(never["text"]) == ["not settled"] and min(_plotly_array(never["y"])) > np.nanmax(bars)
+
+
 def test_patching_page_on_demo_shows_verdicts_parts_and_layers(monkeypatch):
     at = _app(monkeypatch, None).run()
     at.switch_page("views/patching.py").run()
@@ -262,6 +351,14 @@ def test_patching_page_on_demo_shows_verdicts_parts_and_layers(monkeypatch):
     assert at.selectbox(key="patching_model").value != "toy-illusion"  # the real model first
     grid = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
     assert set(grid["y"]) == {"das", "mean_diff", "probe", "gradient"}
+    shown = at.dataframe[0].value
+    full = shown[shown["component"] == "full"]
+    strongest = full.loc[full["fldd"].abs().idxmax()]
+    site = at.selectbox(key="patching_site:ioi-gpt2").value
+    opened = (at.selectbox(key=f"patching_layer:ioi-gpt2:{site}").value,
+              at.selectbox(key=f"patching_method:ioi-gpt2:{site}").value)
+    assert opened == (strongest["layer"], strongest["method"]) and strongest["layer"] != 0, \
+        "opens on the largest effect, not on layer 0 where everything is 0 %"
     at.selectbox(key="patching_model").set_value("toy-illusion").run()
     assert not at.exception
     at.selectbox(key="patching_method:toy-illusion:mlp_hidden").set_value("planted_illusory").run()
@@ -317,7 +414,7 @@ LINKS = {
                          {"spectra_group": "sentiment-full", "spectra_metric": "stable_rank",
                           "spectra_checkpoints:sentiment-full": ["sentiment-full/checkpoint-8",
                                                                  "sentiment-full/checkpoint-60"]},
-                         (2, "mean stable_rank per kind over training")),
+                         (2, "mean stable rank per kind over training")),
     "views/intruders.py": ({"heat_checkpoint": "code-full", "lambda": "0.30"},
                            {"intruders_heat_checkpoint": "code-full", "intruders_lambda": 0.3},
                            (4, "mitigated, λ = 0.3")),
@@ -326,7 +423,7 @@ LINKS = {
                           (1, "in rl-grpo-seed0 (fp32) (ulp)")),
     "views/angles.py": ({"side": "right", "layer": "5", "show": "mean_angle_deg"},
                         {"angles_side": "right", "angles_layer": 5, "angles_value": "mean_angle_deg"},
-                        (0, "mean mean_angle_deg")),
+                        (0, "mean principal angle")),
     "views/overlap.py": ({"of": "gradients", "reference": "first", "tau": "0.21"},
                          {"overlap_of": "gradients", "overlap_reference": "first", "overlap_tau": 0.21},
                          (0, "overlap with the first checkpoint")),

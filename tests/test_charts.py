@@ -59,6 +59,9 @@ def test_esd_fit_line_has_slope_minus_alpha_and_marks_xmin():
     assert line.x[0] == pytest.approx(1.5)
     xs = sorted(shape.x0 for shape in fig.layout.shapes)
     assert xs == pytest.approx([1.2, 1.5])
+    # On a log axis an annotation's x is log10 of the value (a shape's is the value): each label sits on its line.
+    labels = {a.text: a.x for a in fig.layout.annotations}
+    assert labels["xmin"] == pytest.approx(np.log10(1.5)) and labels["MP bulk edge"] == pytest.approx(np.log10(1.2))
     # The histogram is a density: it integrates to 1 over the log bins.
     lam = sigma**2
     edges = np.exp(np.linspace(np.log(lam.min()), np.log(lam.max()), 61))
@@ -96,12 +99,25 @@ def test_mitigated_spectrum_scales_only_intruders_and_resorts():
 def test_mitigation_curve_matches_the_closed_form_at_the_ends():
     row = pd.Series({"intruder_energy": 9.0, "intruder_update_proj": 4.0, "norm_tuned": 10.0,
                      "norm_update": 5.0, "mitigation_lambda": 0.75})
-    fig = charts.mitigation_curve(row)
+    stored = pd.DataFrame({"index": [0, 1], "sigma": [3.0, 2.0], "is_intruder": [True, False]})  # E = 3² as stored
+    fig = charts.mitigation_curve(row, stored, 0.6)
     shift, left = (np.asarray(t.y) for t in fig.data)
     assert shift[0] == pytest.approx(0.3) and shift[-1] == pytest.approx(0.0)  # λ = 0 removes √E = 3 of ‖W‖ = 10
     assert left[0] == pytest.approx(np.sqrt(25 - 8 + 9) / 5) and left[-1] == pytest.approx(1.0)
-    empty = charts.mitigation_curve(pd.Series({**row, "intruder_energy": 0.0}))
+    assert [s.x0 for s in fig.layout.shapes] == [0.6]  # the λ chosen, not the stored one
+    empty = charts.mitigation_curve(row, stored.assign(is_intruder=False), 0.75)
     assert "no intruders" in empty.layout.annotations[0].text
+
+
+def test_mitigation_curve_follows_the_chosen_epsilon_not_the_stored_one():
+    """The stored row knows no intruder (at its ε); at the chosen ε two are: the matrix moves by √(3² + 2²)."""
+    row = pd.Series({"intruder_energy": 0.0, "intruder_update_proj": 0.0, "norm_tuned": 10.0, "norm_update": 5.0,
+                     "mitigation_lambda": 0.75})
+    chosen = pd.DataFrame({"index": [0, 1, 2], "sigma": [3.0, 2.0, 1.0], "is_intruder": [True, True, False]})
+    fig = charts.mitigation_curve(row, chosen, 0.75)
+    assert len(fig.data) == 1, "the update left needs u_iᵀΔW v_i of these intruders, stored for another ε"
+    assert fig.data[0].y[0] == pytest.approx(np.sqrt(13) / 10)
+    assert "first ε only" in fig.layout.title.text
 
 
 def test_intruder_figures_draw_what_they_are_given():
@@ -143,6 +159,56 @@ def test_overlap_chart_draws_the_chance_diagonal():
 
 
 # ---------------------------------------------------------------- task angles
+
+
+def test_pairs_never_computed_are_grey_and_say_so():
+    pairs = pd.DataFrame({"checkpoint_a": ["a", "a"], "checkpoint_b": ["b", "c"], "overlap": [0.0, 0.4],
+                          "mean_angle_deg": [90.0, 50.0]})
+    for value in ("overlap", "mean_angle_deg"):
+        fig = charts.task_overlap_matrix(pairs, value)
+        values, marks = fig.data
+        assert np.isnan(np.asarray(values.z, dtype=float)[1, 2])  # b × c was never computed ...
+        grey = np.asarray(marks.z, dtype=float)
+        assert marks.name == "not computed" and set(marks.colorscale[0][1:] + marks.colorscale[-1][1:]) == {"lightgrey"}
+        assert (~np.isnan(grey)).tolist() == [[False] * 3, [False, False, True], [False, True, False]]
+        assert np.asarray(marks.text)[1, 2] == "not computed"  # ... and says so, unlike a computed overlap of 0
+    full = pd.concat([pairs, pd.DataFrame({"checkpoint_a": ["b"], "checkpoint_b": ["c"], "overlap": [0.5],
+                                           "mean_angle_deg": [45.0]})])
+    assert len(charts.task_overlap_matrix(full).data) == 1
+
+
+def test_checkpoints_follow_their_runs_and_steps_not_their_names():
+    frame = pd.DataFrame({"checkpoint": ["r/checkpoint-100", "final", "r/checkpoint-20", "q/checkpoint-5"],
+                          "run": ["r", None, "r", "q"], "step": [100, None, 20, 5]})
+    assert charts.in_step_order(frame) == ["final", "q/checkpoint-5", "r/checkpoint-20", "r/checkpoint-100"]
+    m = pd.DataFrame({"checkpoint": ["run/checkpoint-100", "run/checkpoint-20"], "run": "run", "step": [100, 20],
+                      "numel": 10, "unchanged_exact": 0.5, "unchanged_atol": 0.5, "unchanged_ulp": 0.5})
+    assert list(charts.sparsity_by_checkpoint(m).data[0].x) == ["run/checkpoint-20", "run/checkpoint-100"]
+
+
+def test_axis_titles_are_words_and_ticks_whole_numbers(matrices):
+    """No raw column names (rank_ratio, fraction_below, sar, "mean mean_angle_deg") nor literal σ_i, θ_i; layers
+    and steps tick at whole numbers."""
+    ranks = pd.DataFrame({"checkpoint": "a", "layer": [0, 1, 2], "rank_ratio": 0.5, "kind": "q", "tensor": "t",
+                          "update_rank": 4})
+    welore = pd.DataFrame({"kind": "q", "step": [0, 1, 2], "fraction_below": 0.3})
+    sar = pd.DataFrame({"checkpoint": "a", "layer": [0, 1], "sar": 0.4})
+    angles = pd.DataFrame({"side": ["left"], "k": [3], "angles": [[10.0, 20.0, 30.0]]})
+    spectrum = pd.DataFrame({"step": [0], "tensor": ["w"], "sigma": [[3.0, 2.0, 1.0]]})
+    figures = [charts.update_rank_by_layer(ranks), charts.welore_over_steps(welore, 0.5), charts.sar_by_task(sar),
+               charts.angle_spectrum(angles), charts.spectrum_over_training(spectrum),
+               charts.metric_over_steps(matrices, "alpha")]
+    for fig in figures:
+        assert fig.layout.xaxis.tickformat == "d"
+        assert fig.layout.xaxis.dtick == (None if fig is figures[-1] else 1)  # every value of a short span
+        titles = [fig.layout.xaxis.title.text, fig.layout.yaxis.title.text]
+        assert all(t and "_" not in t for t in titles), titles
+    assert figures[0].layout.yaxis.title.text == charts.LABELS["rank_ratio"]
+    assert figures[3].layout.yaxis.title.text.startswith("θ<sub>i</sub>")
+    assert figures[4].layout.yaxis.title.text == "σ<sub>i</sub>"
+    pairs = pd.DataFrame({"checkpoint_a": ["a"], "checkpoint_b": ["b"], "overlap": [0.2], "mean_angle_deg": [60.0]})
+    title = charts.task_overlap_matrix(pairs, "mean_angle_deg").layout.title.text
+    assert "mean_angle_deg" not in title and "mean mean" not in title
 
 
 def test_task_overlap_matrix_is_symmetric_with_unit_diagonal():
@@ -193,7 +259,19 @@ def test_convergence_by_layer_needs_every_matrix_settled():
     fig = charts.convergence_by_layer(conv)
     bars = fig.data[0]
     assert list(bars.y)[0] == 30 and np.isnan(float(list(bars.y)[1]))  # layer 1 never settled
-    assert fig.data[-1].name == "not settled"
+    never = fig.data[-1]
+    assert never.name == "not settled" and list(never.x) == [1] and list(never.text) == ["not settled"]
+    assert min(never.y) > 30, "drawn above every bar, not at step 0 (a layer settled from the start)"
+    nothing = charts.convergence_by_layer(conv.assign(settled_step=pd.array([None] * 3, dtype="Int64")))
+    assert not nothing.data and "no layer settled" in nothing.layout.annotations[0].text
+
+
+def test_patching_opens_on_the_strongest_effect():
+    effects = pd.DataFrame({"layer": [0, 0, 1, 1, 2], "method": ["das", "das", "das", "probe", "das"],
+                            "component": ["full", "row", "full", "full", "full"],
+                            "fldd": [0.0, 90.0, 5.0, -40.0, 20.0]})
+    best = charts.strongest_effect(effects)
+    assert (best["layer"], best["method"]) == (1, "probe")  # |−40 %| of the full direction; a part's 90 % is not it
 
 
 def test_spectrum_and_welore_figures():
@@ -203,3 +281,26 @@ def test_spectrum_and_welore_figures():
     welore = pd.DataFrame({"kind": ["q", "q", "q"], "step": [0, 10, 10], "fraction_below": [0.1, 0.4, 0.6]})
     fig = charts.welore_over_steps(welore, 0.5)
     assert list(fig.data[0].y) == [0.1, 0.5]
+
+
+def test_long_spectra_are_thinned_but_keep_the_top_and_the_last():
+    keep = charts.thinned(4096)
+    assert keep[:64].tolist() == list(range(64)) and keep[-1] == 4095 and len(keep) <= 64 + 512
+    assert np.all(np.diff(keep) > 0) and charts.thinned(100).tolist() == list(range(100))
+    sigma = np.geomspace(100, 1, 4096)
+    spectrum = pd.DataFrame({"step": range(30), "tensor": "w", "sigma": [sigma * (1 + s / 10) for s in range(30)]})
+    fig = charts.spectrum_over_training(spectrum)
+    assert len(fig.data) == charts.MAX_LINES and "12 of 30 checkpoints" in fig.layout.title.text
+    np.testing.assert_allclose(fig.data[-1].y, (sigma * 3.9)[keep])  # the last step drawn, at the kept ranks
+    assert list(fig.data[-1].x) == (keep + 1).tolist()
+
+
+@pytest.mark.parametrize("kinds", [1, 2, 3, 4, 5, 7, 10])
+def test_overlap_panels_tile_the_figure_for_any_number_of_kinds(kinds):
+    rows = pd.DataFrame([{"kind": f"k{k}", "layer": layer, "step": step, "overlap": 0.5, "chance": 0.1}
+                         for k in range(kinds) for layer in (0, 1) for step in (10, 20)])
+    fig = charts.overlap_over_steps(rows, "previous")
+    layout = fig.layout.to_plotly_json()
+    domains = [layout[key]["domain"] for key in layout if key.startswith(("xaxis", "yaxis"))]
+    assert len(domains) == 2 * kinds and all(0 <= lo < hi <= 1 for lo, hi in domains)
+    assert len(fig.data) == 2 * kinds and len(fig.layout.shapes) == kinds  # a line per layer, a chance line per panel

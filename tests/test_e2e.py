@@ -113,7 +113,7 @@ def test_a_link_with_query_parameters_opens_the_page_on_its_filters(app_url, bro
     assert metric.input_value() == "stable_rank"
     kinds = page.locator("[data-testid='stMultiSelect']").filter(has_text="Kinds").inner_text()
     assert kinds.split()[1:] == ["q", "k"]
-    assert "stable_rank by layer and kind" in page.locator(".js-plotly-plot").first.inner_text()
+    assert "stable rank by layer and kind" in page.locator(".js-plotly-plot").first.inner_text()
     assert page.locator("[data-testid='stSlider']").filter(has_text="Layers").locator(
         "[data-testid='stSliderThumbValue']").all_inner_texts() == ["2", "4"]
     assert "metric=stable_rank" in page.url and "kinds=q&kinds=k" in page.url

@@ -190,3 +190,47 @@ def test_a_run_with_work_removes_what_killed_writers_left_once_it_is_old(tmp_pat
     assert not old_tmp.exists() and not old_part.exists() and young.exists()  # young: maybe a live writer's
     after = Store(root).table("spectra", "values")
     assert len(after) > len(before) and set(before["checkpoint"]) < set(after["checkpoint"])
+
+
+# ---------------------------------------------------------------------------------------------- readers
+
+def _broken_demo(tmp_path):
+    """A copy of the demo store with one spectra ``values`` part and one ``matrices`` part cut in half."""
+    import shutil
+    from pathlib import Path
+
+    root = tmp_path / "store"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "data" / "demo-store", root)
+    store = Store(root)
+    cut = [store.parts("spectra", "values")[0], store.parts("spectra", "matrices")[-1]]
+    for path in cut:
+        data = open(path, "rb").read()
+        with open(path, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+    return root, [store.relative(p) for p in cut]
+
+
+def test_a_hosted_page_over_a_broken_part_warns_and_shows_the_rest(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    root, cut = _broken_demo(tmp_path)
+    monkeypatch.setenv("SUBSPACE_ATLAS_STORE", str(root))
+    monkeypatch.setenv("SUBSPACE_ATLAS_READONLY", "1")
+    monkeypatch.setattr(sys, "argv", ["streamlit"])
+    at = AppTest.from_file(os.path.join(os.path.dirname(__file__), "..", "app", "main.py"), default_timeout=60)
+    at.switch_page("views/spectra.py").run()
+    assert not at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert cut[1] in warnings and "does not read" in warnings
+    assert str(tmp_path) not in warnings  # a visitor never sees a server path
+    assert at.get("plotly_chart")  # the other jobs are drawn
+
+
+def test_report_and_info_over_a_broken_part(tmp_path, capsys):
+    root, cut = _broken_demo(tmp_path)
+    assert main(["report", "--store", str(root), "-o", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 100_000
+    capsys.readouterr()
+    assert main(["verify", "--store", str(root), "--quick"]) == 1
+    out = capsys.readouterr().out
+    assert all(c in out for c in cut)

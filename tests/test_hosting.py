@@ -161,6 +161,7 @@ def test_read_only_ignores_a_store_set_by_session_or_link(monkeypatch, tmp_path)
 @pytest.mark.app
 def test_writable_mode_does_let_the_sidebar_choose_a_store(monkeypatch, tmp_path):
     at = _app(monkeypatch, read_only=False).run()
+    (tmp_path / "elsewhere").mkdir()  # a folder with no jobs yet (a missing one is "no such store")
     at.sidebar.text_input(key="store_root").set_value(str(tmp_path / "elsewhere")).run()
     assert not at.exception
     assert any("This store is empty" in i.value for i in at.info)

@@ -3,10 +3,10 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import csv_download, current_store, show, table, table_or_stop
+from common import csv_download, existing_store, show, table, table_or_stop
 from links import choose
 
-store = current_store()
+store = existing_store()
 st.title("Task subspaces")
 st.caption("Each fine-tune's update ΔW = W − W0 and its top-k singular subspaces; for every two tasks the principal "
            "angles between them (0° shared, 90° orthogonal), and how each update sits against the base's own "
@@ -23,7 +23,7 @@ of_base = pairs[(pairs["base"] == base) & (pairs["side"] == side)]
 kinds = sorted(of_base["kind"].unique())
 chosen = choose(right.multiselect, "Kinds", kinds, default=kinds, key=f"angles_kinds:{base}", url="kinds")
 view = of_base[of_base["kind"].isin(chosen)]
-names = sorted(set(view["checkpoint_a"]) | set(view["checkpoint_b"]))
+names = sorted(set(view["checkpoint_a"]) | set(view["checkpoint_b"]), key=charts.natural_key)
 picked = choose(st.multiselect, "Tasks", names, default=names, key=f"angles_tasks:{base}", url="tasks")
 view = view[view["checkpoint_a"].isin(picked) & view["checkpoint_b"].isin(picked)]
 if view.empty:
@@ -48,7 +48,8 @@ with one:
     rows = pairs[(pairs["base"] == base) & pairs["kind"].isin(chosen)
                  & (((pairs["checkpoint_a"] == a) & (pairs["checkpoint_b"] == b))
                     | ((pairs["checkpoint_a"] == b) & (pairs["checkpoint_b"] == a)))]
-    tensor = choose(c3.selectbox, "Matrix", sorted(rows["tensor"].unique()), key=f"angles_tensor:{a}:{b}", url="matrix")
+    tensor = choose(c3.selectbox, "Matrix", sorted(rows["tensor"].unique(), key=charts.natural_key),
+                    key=f"angles_tensor:{a}:{b}", url="matrix")
     show(charts.angle_spectrum(rows[rows["tensor"] == tensor]), key="angles_spectrum")
 with aligned:
     if tasks is not None:

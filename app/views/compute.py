@@ -17,7 +17,8 @@ from links import choose
 
 store = current_store()
 st.title("Compute")
-st.caption(f"Results go to `{store.root}`; what is already stored is skipped.")
+st.caption(f"Results go to `{store.root}`; " + ("what is already stored is skipped." if store.exists() else
+                                                 "nothing is there yet: the first job creates the store."))
 paths = st.text_area("Checkpoints (one path per line: a file, an HF folder, or a run folder)",
                      key="compute_paths")
 device = choose(st.selectbox, "Device", ["auto", "cpu", "cuda"], key="compute_device", url="device")

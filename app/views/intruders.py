@@ -4,10 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from subspace_atlas import charts
-from common import csv_download, current_store, show, table, table_or_stop
+from common import csv_download, existing_store, show, table, table_or_stop
 from links import choose, slide
 
-store = current_store()
+store = existing_store()
 st.title("Intruder dimensions")
 st.caption("A fine-tuned matrix's top-k left singular vector is an **intruder** when its largest |cos| with every "
            "singular vector of the base matrix is below ε (Shuttleworth et al., *LoRA vs Full Fine-tuning: an "
@@ -23,19 +23,18 @@ epsilons = sorted(summary["epsilon"].unique())
 epsilon = choose(mid.selectbox, "ε", epsilons, index=epsilons.index(0.5) if 0.5 in epsilons else 0,
                  key="intruders_epsilon", url="epsilon")
 kinds = sorted(summary["kind"].unique())
-shared = sorted(set.intersection(*(set(f["kind"]) for _, f in summary.groupby("checkpoint"))))
-chosen_kinds = choose(right.multiselect, "Kinds", kinds, default=shared or kinds, key="intruders_kinds", url="kinds",
-                      help="Starts with the kinds every checkpoint has, so fine-tunes are compared like "
-                           "with like (a LoRA adapter holds only the matrices it targets).")
+chosen_kinds = choose(right.multiselect, "Kinds", kinds, default=kinds, key="intruders_kinds", url="kinds",
+                      help="A LoRA adapter holds only the matrices it targets: to compare fine-tunes like with "
+                           "like, keep the kinds every checkpoint has.")
 view = summary[(summary["side"] == side) & summary["kind"].isin(chosen_kinds)]
 if view.empty:
     st.warning("No matrices match these filters.")
     st.stop()
 at_eps = view[view["epsilon"] == epsilon]
 counts = at_eps.groupby("checkpoint")["n_intruders"].sum()
-finals = sorted(at_eps.loc[at_eps["run"].isna(), "checkpoint"].unique())
-everything = sorted(at_eps["checkpoint"].unique())
-most_first = sorted(finals or everything, key=lambda c: (-counts[c], c))
+finals = charts.in_step_order(at_eps[at_eps["run"].isna()])
+everything = charts.in_step_order(at_eps)
+most_first = sorted(finals or everything, key=lambda c: -counts[c])  # ties in step order
 
 heat, sweep, steps, one, raw = st.tabs(["Layer × kind", "Count vs ε", "Over training", "One matrix", "Table"])
 with heat:
@@ -71,7 +70,7 @@ with one:
     matrix = one_matrix("matrices")
     if not matrix.empty:
         row = matrix.iloc[0]
-        show(charts.mitigation_curve(row), key="mitigation")
+        show(charts.mitigation_curve(row, vectors, lam), key="mitigation")
         update = "dense update" if pd.isna(row["lora_rank"]) else f"LoRA rank {int(row['lora_rank'])}"
         st.caption(f"‖ΔW‖ / ‖W0‖ = {row['rel_update']:.3g} · {row['rows']} × {row['cols']} · {update} · "
                    f"decomposed by {row['method']}")

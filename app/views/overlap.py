@@ -3,10 +3,10 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import csv_download, current_store, show, table, table_or_stop
+from common import csv_download, existing_store, show, table, table_or_stop
 from links import choose
 
-store = current_store()
+store = existing_store()
 st.title("Training dynamics")
 st.caption("For every matrix and checkpoint of a run, the top-k singular subspaces of the weights W_t, the update "
            "W_t − W_0, the step W_t − W_t−1 and the gradient on a fixed batch; how much each overlaps with the "
@@ -37,9 +37,10 @@ side = choose(c3.selectbox, "Side", sorted(mine["side"].unique()), key="overlap_
 reference = choose(c4.radio, "Compared with", ["previous", "first", "last"], key="overlap_reference", url="reference")
 kinds = sorted(mine.loc[(mine["of"] == of) & (mine["side"] == side), "kind"].unique())
 chosen = choose(st.multiselect, "Kinds", kinds, default=kinds, key=f"overlap_kinds:{run}", url="kinds")
-flag = charts.REFERENCE_FLAGS[reference]
-versus = charts.against_reference(table(store, "overlap", "pairs", PAIR_COLUMNS, run=run, of=of, side=side,
-                                        kind=chosen, **{flag: True}), reference)
+# The pairs of all three references in one cached read: switching between them reads nothing more.
+nearby = table(store, "overlap", "pairs", PAIR_COLUMNS, any_of=tuple(charts.REFERENCE_FLAGS.values()), run=run,
+               of=of, side=side, kind=chosen)
+versus = charts.against_reference(nearby, reference)
 if versus.empty:
     st.warning("No pairs match these filters.")
     st.stop()
@@ -51,15 +52,15 @@ with steps_tab:
 with grid_tab:
     show(charts.overlap_layer_step(versus, reference), key="overlap_grid")
 with matrix_tab:
-    tensor = choose(st.selectbox, "Matrix", sorted(versus["tensor"].unique()), key=f"overlap_tensor:{run}",
-                    url="matrix")
+    tensor = choose(st.selectbox, "Matrix", sorted(versus["tensor"].unique(), key=charts.natural_key),
+                    key=f"overlap_tensor:{run}", url="matrix")
     show(charts.checkpoint_overlap_matrix(table(store, "overlap", "pairs", PAIR_COLUMNS, run=run, of=of, side=side,
                                                 tensor=tensor)), key="overlap_matrix")
 with settle_tab:
     if convergence is None:
         st.info("No convergence table stored.")
     else:
-        conv = convergence[(convergence["run"] == run) & (convergence["side"] == side)
+        conv = convergence[(convergence["run"] == run) & (convergence["of"] == of) & (convergence["side"] == side)
                            & convergence["kind"].isin(chosen)]
         threshold = float(conv["settle"].iloc[0]) if len(conv) else 0.9
         which = choose(st.radio, "Rule", ["settled_step", "qgalore_step"], horizontal=True, key="overlap_rule",
@@ -72,8 +73,8 @@ with spectrum_tab:
         st.info("No spectra stored for this run (it was computed with --no-welore).")
     else:
         s1, s2 = st.columns(2)
-        name = choose(s1.selectbox, "Matrix", sorted(welore["tensor"].unique()), key=f"overlap_spectrum_tensor:{run}",
-                      url="spectrum_matrix")
+        name = choose(s1.selectbox, "Matrix", sorted(welore["tensor"].unique(), key=charts.natural_key),
+                      key=f"overlap_spectrum_tensor:{run}", url="spectrum_matrix")
         tau = choose(s2.selectbox, "WeLore τ", sorted(welore["tau"].unique()), key="overlap_tau", url="tau",
                      help="threshold on (σ − σmin) / (σmax − σmin); WeLore's LLaMA-2 values")
         show(charts.spectrum_over_training(table(store, "overlap", "spectrum", run=run, tensor=name)),

@@ -3,9 +3,9 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import current_store, jobs, show, table
+from common import existing_store, jobs, show, table
 
-store = current_store()
+store = existing_store()
 st.title("Subspace Atlas")
 st.caption(f"Store: `{store.root}`")
 

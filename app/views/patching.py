@@ -3,10 +3,10 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import csv_download, current_store, show, table_or_stop
+from common import csv_download, existing_store, show, table_or_stop
 from links import choose
 
-store = current_store()
+store = existing_store()
 st.title("Activation patching")
 st.caption("A direction v at a site is patched from source prompts into base prompts (w' = w + P_v(u − w)); "
            "FLDD = 100·(1 − LD_patched / LD_base) says how much of the base's preference for its answer it "
@@ -31,9 +31,12 @@ st.markdown(f"Clean accuracy on the held-out pairs (LD > 0): **{clean:.3f}**.")
 show(charts.verdict_grid(mine), key="patching_grid")
 
 c3, c4 = st.columns(2)
-layer = choose(c3.selectbox, "Layer", sorted(mine["layer"].unique()), key=f"patching_layer:{model}:{site}", url="layer")
-method = choose(c4.selectbox, "Method", sorted(mine["method"].unique()), key=f"patching_method:{model}:{site}",
-                url="method")
+layers, methods = sorted(mine["layer"].unique()), sorted(mine["method"].unique())
+strongest = charts.strongest_effect(mine)  # opens where the direction does most, not on an all-0 % layer 0
+layer = choose(c3.selectbox, "Layer", layers, index=layers.index(strongest["layer"]),
+               key=f"patching_layer:{model}:{site}", url="layer")
+method = choose(c4.selectbox, "Method", methods, index=methods.index(strongest["method"]),
+                key=f"patching_method:{model}:{site}", url="method")
 one = mine[(mine["layer"] == layer) & (mine["method"] == method)]
 if not one.empty:
     parts = one.set_index("component")

@@ -3,10 +3,10 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import csv_download, current_store, show, table, table_or_stop
+from common import csv_download, existing_store, show, table, table_or_stop
 from links import choose
 
-store = current_store()
+store = existing_store()
 st.title("Update sparsity")
 st.caption("Which parameters a fine-tune actually changed (Mukherjee et al., *RL finetunes small subnetworks*), "
            "under three definitions side by side — bf16 storage can hide small updates (*The Path Not Taken*).")
@@ -29,8 +29,8 @@ if view.empty:
     st.stop()
 st.caption(f"**{definition}**: {charts.SPARSITY_DEFINITIONS[definition]}. Stored dtypes: "
            f"{', '.join(sorted(view['dtype'].unique()))}.")
-finals = sorted(view.loc[view["run"].isna(), "checkpoint"].unique())
-everything = sorted(view["checkpoint"].unique())
+finals = charts.in_step_order(view[view["run"].isna()])
+everything = charts.in_step_order(view)
 
 compare, heat, steps, overlap_tab, rank, raw = st.tabs(["Compare fine-tunes", "Layer × kind", "Over training",
                                                          "Overlap vs chance", "Update rank", "Table"])

@@ -3,10 +3,10 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import csv_download, current_store, show, table, table_or_stop
+from common import csv_download, existing_store, show, table, table_or_stop
 from links import choose, slide
 
-store = current_store()
+store = existing_store()
 st.title("Singular-value spectra")
 matrices = table_or_stop(store, "spectra", "matrices", "spectra", "subspace-atlas spectra CKPT")
 
@@ -38,7 +38,7 @@ if view.empty:
 heat, lines, steps, density, raw = st.tabs(["Layer × kind", "Across layers", "Over training",
                                             "Eigenvalue density", "Table"])
 with heat:
-    one = choose(st.selectbox, "Checkpoint", sorted(view["checkpoint"].unique()), key="spectra_heat_checkpoint",
+    one = choose(st.selectbox, "Checkpoint", charts.in_step_order(view), key="spectra_heat_checkpoint",
                  url="heat_checkpoint")
     show(charts.layer_kind_heatmap(view[view["checkpoint"] == one], metric), key="heatmap")
 with lines:
@@ -47,7 +47,7 @@ with steps:
     show(charts.metric_over_steps(view, metric), key="over_steps")
 with density:
     c1, c2 = st.columns(2)
-    ckpt = choose(c1.selectbox, "Checkpoint", sorted(view["checkpoint"].unique()), key="spectra_esd_checkpoint",
+    ckpt = choose(c1.selectbox, "Checkpoint", charts.in_step_order(view), key="spectra_esd_checkpoint",
                   url="esd_checkpoint")
     names = view.loc[view["checkpoint"] == ckpt, "tensor"].tolist()
     tensor = choose(c2.selectbox, "Matrix", names, key="spectra_esd_tensor", url="matrix")
