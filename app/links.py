@@ -14,6 +14,7 @@ import streamlit as st
 
 _KNOWN = "_url_known"
 _NOTHING = object()  # "the URL says nothing usable": keep the widget's own default
+OMIT = "~"  # a multi-select's URL entry for a default option it leaves out
 
 
 def _from_link(name: str) -> list[str] | None:
@@ -42,11 +43,12 @@ def _match(text: str, options: list) -> object:
 
 
 def _remember(name: str, value: object, default: object) -> None:
-    """Write a filter's value to the URL (a default is left out, keeping links short)."""
+    """Write a filter's value to the URL (a default is left out, keeping links short; a multi-select that
+    keeps most of its default is written as what it leaves out, ``~name``)."""
     if _same(value, default):
         new = []
     elif isinstance(value, (list, tuple)):
-        new = [_text(v) for v in value] or [""]  # `name=` alone: deliberately nothing chosen
+        new = _left_out(list(value), default) or [_text(v) for v in value] or [""]  # `name=`: nothing chosen
     else:
         new = [_text(value)]
     if st.query_params.get_all(name) != new:  # unchanged: no message to the browser
@@ -55,6 +57,16 @@ def _remember(name: str, value: object, default: object) -> None:
         else:
             del st.query_params[name]
     st.session_state.setdefault(_KNOWN, {})[name] = new
+
+
+def _left_out(value: list, default: object) -> list[str]:
+    """``~text`` for each default option ``value`` leaves out, when that is the shorter way to say it (1 of 25
+    checkpoints deselected: one entry, not 24); else []."""
+    if not isinstance(default, list) or any(_text(d).startswith(OMIT) for d in default):  # a slider's is a tuple
+        return []
+    if not set(map(_text, value)) <= set(map(_text, default)) or 2 * len(value) <= len(default):
+        return []
+    return [OMIT + _text(d) for d in default if _text(d) not in set(map(_text, value))]
 
 
 def _same(value: object, default: object) -> bool:
@@ -92,6 +104,9 @@ def choose(widget, label: str, options, *, key: str, url: str, **kwargs):
     raw = _from_link(url) if key not in st.session_state else None
     if raw is not None and multi:
         texts = [r for r in raw if r]
+        if texts and all(t.startswith(OMIT) for t in texts):  # what a link leaves out of the default
+            dropped = {_text(_match(t[len(OMIT):], default)) for t in texts}
+            texts = [_text(d) for d in default if _text(d) not in dropped]
         picked = []
         for text in texts:
             option = _match(text, options)

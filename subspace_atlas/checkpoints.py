@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from subspace_atlas import safetensors_header
 from subspace_atlas.errors import AtlasError, brief, first_line, is_utf8
+from subspace_atlas.views import View, expanded
 
 if TYPE_CHECKING:
     import torch
@@ -52,11 +53,15 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A tensor's name, shape and stored dtype, read from headers without loading data."""
+    """A tensor's name, shape and stored dtype, read from headers without loading data.
+
+    With ``view``, a matrix cut from a 3-D tensor (``views``): its name is not a stored tensor's.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
+    view: View | None = None
 
     @property
     def is_matrix(self) -> bool:
@@ -72,9 +77,12 @@ class TensorInfo:
 
 
 def select_matrices(infos: Iterable[TensorInfo]) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Split tensors into non-empty 2-D floating-point matrices (what weight analyses take) and the rest."""
+    """Split tensors into non-empty 2-D floating-point matrices (what weight analyses take) and the rest.
+
+    A 3-D tensor ``views`` knows (fused MoE experts, per-head attention) is replaced by its matrices.
+    """
     taken, skipped = [], []
-    for info in infos:
+    for info in expanded(infos):
         (taken if info.is_matrix and info.is_float and min(info.shape) > 0 else skipped).append(info)
     return taken, skipped
 
@@ -138,27 +146,32 @@ class _SafetensorsFile:
             self._data_start, self._entries = safetensors_header.read(fh, os.fstat(fh.fileno()).st_size, path)
         self.infos = {name: TensorInfo(name, e.shape, e.dtype) for name, e in self._entries.items()}
 
-    def load(self, name: str) -> torch.Tensor:
+    def load(self, name: str, index: int | None = None) -> torch.Tensor:
+        """The tensor, or with ``index`` only its slice along the first axis (read alone from disk)."""
         import torch
 
         entry = self._entries[name]
         dtype = getattr(torch, entry.dtype)
-        if entry.end == entry.begin:
-            return torch.empty(entry.shape, dtype=dtype)
+        shape, begin, size = entry.shape, entry.begin, entry.end - entry.begin
+        if index is not None:
+            shape, size = shape[1:], size // shape[0]
+            begin += index * size
+        if size == 0:
+            return torch.empty(shape, dtype=dtype)
         try:
-            buffer = bytearray(entry.end - entry.begin)
+            buffer = bytearray(size)
         except MemoryError as err:
-            raise AtlasError(f"{self.path}: tensor {name!r} needs {entry.end - entry.begin} bytes, more memory "
+            raise AtlasError(f"{self.path}: tensor {name!r} needs {size} bytes, more memory "
                              "than this machine has free") from err
         with open_regular(self.path) as fh:
             try:
-                fh.seek(self._data_start + entry.begin)
+                fh.seek(self._data_start + begin)
                 got = fh.readinto(buffer)
             except OSError as err:
                 raise AtlasError(f"{self.path}: tensor {name!r} could not be read ({err})") from err
         if got != len(buffer):
             raise AtlasError(f"{self.path}: tensor {name!r} could not be read (file shrank while reading)")
-        return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 class _PickleFile:
@@ -180,8 +193,8 @@ class _PickleFile:
             for name, t in self.tensors.items()
         }
 
-    def load(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
+    def load(self, name: str, index: int | None = None) -> torch.Tensor:
+        return self.tensors[name] if index is None else self.tensors[name][index]
 
 
 def _torch_load(path: Path) -> object:
@@ -243,6 +256,7 @@ class Checkpoint:
     step: int | None = None
     run: str | None = None
     _sources: dict[str, _SafetensorsFile | _PickleFile] | None = field(default=None, repr=False)
+    _views: dict[str, TensorInfo] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for text in (str(self.path), *map(str, self.files), self.name):
@@ -269,22 +283,32 @@ class Checkpoint:
 
     def __getstate__(self) -> dict:
         """Pickle (to a Ray worker) without the opened files: they reopen there, lazily."""
-        return {**self.__dict__, "_sources": None}
+        return {**self.__dict__, "_sources": None, "_views": None}
 
     def tensors(self) -> list[TensorInfo]:
         """Every tensor's name, shape and dtype, in file order (headers only)."""
         return [src.infos[name] for name, src in self._index().items()]
 
     def tensors_by_name(self) -> dict[str, TensorInfo]:
-        """Every tensor's info keyed by name (headers only)."""
-        return {name: src.infos[name] for name, src in self._index().items()}
+        """Every tensor's info keyed by name, and every matrix cut from a 3-D tensor (headers only)."""
+        return {name: src.infos[name] for name, src in self._index().items()} | self._cut()
+
+    def _cut(self) -> dict[str, TensorInfo]:
+        """The matrices ``views`` cuts from this checkpoint's 3-D tensors, by name."""
+        if self._views is None:
+            self._views = {info.name: info for info in expanded(self.tensors()) if info.view is not None}
+        return self._views
 
     def load(self, name: str) -> torch.Tensor:
-        """One tensor as stored (CPU, stored dtype)."""
+        """One tensor as stored (CPU, stored dtype), or a matrix cut from a 3-D one (only its expert read)."""
         sources = self._index()
-        if name not in sources:
+        if name in sources:
+            return sources[name].load(name)
+        info = self._cut().get(name)
+        if info is None:
             raise AtlasError(f"{self.path}: no tensor named {name!r}")
-        return sources[name].load(name)
+        view = info.view
+        return view.cut(sources[view.source].load(view.source, view.expert), info.shape[0])
 
     def stream(self, names: Sequence[str], ahead_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` in order while a background thread reads the next ones.
@@ -292,8 +316,8 @@ class Checkpoint:
         The reader runs ahead only while the tensors alive (the one in use and those read ahead) fit in
         ``ahead_bytes``; a tensor larger than that is read only once the previous one is released.
         """
-        sources = self._index()
-        sizes = {n: sources[n].infos[n].nbytes for n in names if n in sources}
+        infos = self.tensors_by_name()
+        sizes = {n: infos[n].nbytes for n in names if n in infos}
         items = ((n, sizes.get(n, 0), lambda n=n: self.load(n)) for n in names)
         yield from _prefetch(items, ahead_bytes)
 

@@ -31,10 +31,11 @@ import subspace_atlas
 from subspace_atlas import analysis
 from subspace_atlas.checkpoints import Checkpoint, TensorInfo
 from subspace_atlas.errors import AtlasError
-from subspace_atlas.naming import classify
+from subspace_atlas.naming import classify, expert
 from subspace_atlas.planning import Failure, Job, first_per_input, pending
 from subspace_atlas.store import Store
 from subspace_atlas.verify import remove_leftovers
+from subspace_atlas.views import expanded
 
 
 # What may fail one job without being a bug: bad or unreadable input, or numbers no analysis can take (a
@@ -56,9 +57,12 @@ Done = tuple[list[Job], int, list[Failure]]
 
 
 def matrices_of(job: Job, checkpoint: Checkpoint | None = None) -> list[TensorInfo]:
-    """The matrices a job decomposes (of ``checkpoint``, by default its own), grouped by shape."""
+    """The matrices a job decomposes (of ``checkpoint``, by default its own), grouped by shape.
+
+    ``--tensors`` sees the matrices cut from 3-D tensors by their own names (``experts.down_proj[3]``).
+    """
     checkpoint = checkpoint or job.checkpoint
-    infos = checkpoint.tensors()
+    infos = expanded(checkpoint.tensors())
     if job.tensors:
         try:
             pattern = re.compile(job.tensors)
@@ -432,7 +436,8 @@ def _counted(stream, bar):
 
 
 def label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None) -> pd.DataFrame:
-    """Prefix a result table with the checkpoint's columns and, where it has ``tensor``, layer and kind."""
+    """Prefix a result table with the checkpoint's columns and, where it has ``tensor``, layer and kind (and
+    ``expert`` where a matrix is an MoE expert's, so tables of models without experts stay as they were)."""
     front = {} if base is None else {"base": base.name}
     front |= {
         "checkpoint": ckpt.name,
@@ -446,6 +451,9 @@ def label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None)
         out["tensor"] = frame["tensor"]
         out["layer"] = pd.array([labels[name][0] for name in frame["tensor"]], dtype="Int64")
         out["kind"] = [labels[name][1] for name in frame["tensor"]]
+        experts = {name: expert(name) for name in labels}
+        if any(e is not None for e in experts.values()):
+            out["expert"] = pd.array([experts[name] for name in frame["tensor"]], dtype="Int64")
     return pd.concat([out, frame.drop(columns=[c for c in out.columns if c in frame])], axis=1)
 
 

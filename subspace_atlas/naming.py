@@ -1,22 +1,35 @@
-"""Map raw tensor names of common architectures to a ``(layer, kind)`` pair.
+"""Map raw tensor names of common architectures to a ``(layer, kind)`` pair, and MoE experts to their index.
 
-Kinds: q k v qkv o up gate down fc_in fc_out embed pos_embed unembed other. ``qkv`` is a fused
-query-key-value matrix (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``). Unknown names map to
-``(None, "other")`` rather than failing, so any checkpoint can be analysed.
+Kinds: q k v qkv o up gate gate_up down fc_in fc_out router embed pos_embed unembed other. ``qkv`` is a
+fused query-key-value matrix (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``); ``gate_up`` an expert's
+fused gate and up projections whose halves are not split (``views``); ``router`` an MoE layer's
+expert-choosing matrix. Unknown names map to ``(None, "other")`` rather than failing, so any checkpoint
+can be analysed.
 """
 
 from __future__ import annotations
 
 import re
 
-KINDS = ("q", "k", "v", "qkv", "o", "up", "gate", "down", "fc_in", "fc_out",
+KINDS = ("q", "k", "v", "qkv", "o", "up", "gate", "gate_up", "down", "fc_in", "fc_out", "router",
          "embed", "pos_embed", "unembed", "other")
 
 # The block index: Llama/Qwen/BERT/NeoX `layers.3` / `layer.3`, GPT-2 `h.3`, TransformerLens/T5 `blocks.3`/`block.3`.
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
+# One routed expert: stored on its own (`experts.3.w1.weight`, `experts.3.gate_proj.weight`) or cut from
+# a fused 3-D tensor (`experts.gate_up_proj[3].gate`, `experts.down_proj[3]`; see `views`).
+_EXPERT = re.compile(r"(?:^|\.)experts\.(?:(\d+)\.(\w+)|(\w+)\[(\d+)\](?:\.(gate|up))?)")
+_EXPERT_KINDS = {"w1": "gate", "gate_proj": "gate", "gate": "gate", "w3": "up", "up_proj": "up", "up": "up",
+                 "w2": "down", "down_proj": "down", "gate_up_proj": "gate_up"}
+
 # Ordered: the first pattern that matches the name (searched anywhere) decides the kind.
 _KIND_PATTERNS: tuple[tuple[str, str], ...] = (
+    # MoE routers (Mixtral `block_sparse_moe.gate`, Qwen-MoE `mlp.gate`, gpt-oss `mlp.router`, Llama 4
+    # `feed_forward.router`, Qwen2-MoE `shared_expert_gate`) and shared experts
+    (r"(?:mlp|block_sparse_moe|feed_forward|moe)\.(?:gate|router|shared_expert_gate)\.", "router"),
+    (r"shared_experts?\.gate_proj\.", "gate"), (r"shared_experts?\.up_proj\.", "up"),
+    (r"shared_experts?\.down_proj\.", "down"),
     # Llama / Mistral / Qwen
     (r"self_attn\.q_proj\.", "q"), (r"self_attn\.k_proj\.", "k"), (r"self_attn\.v_proj\.", "v"),
     (r"self_attn\.o_proj\.", "o"),
@@ -34,7 +47,9 @@ _KIND_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"attention\.self\.value\.", "v"), (r"attention\.output\.dense\.", "o"),
     (r"intermediate\.dense\.", "fc_in"), (r"(?:^|\.)output\.dense\.", "fc_out"),
     (r"word_embeddings\.", "embed"), (r"position_embeddings\.", "pos_embed"),
-    # TransformerLens (2-D parameters)
+    # TransformerLens (2-D parameters; per-head W_Q … W_O joined across heads by `views`)
+    (r"attn\._?W_Q\[heads\]$", "q"), (r"attn\._?W_K\[heads\]$", "k"), (r"attn\._?W_V\[heads\]$", "v"),
+    (r"attn\._?W_O\[heads\]$", "o"),
     (r"mlp\.W_in$", "fc_in"), (r"mlp\.W_out$", "fc_out"), (r"(?:^|\.)W_E$", "embed"),
     (r"(?:^|\.)W_pos$", "pos_embed"), (r"(?:^|\.)W_U$", "unembed"),
     # T5
@@ -50,11 +65,20 @@ def classify(name: str) -> tuple[int | None, str]:
     """Return ``(layer, kind)`` for a raw tensor name; ``(None, "other")`` when unknown."""
     match = _LAYER.search(name)
     layer = int(match.group(1)) if match else None
+    routed = _EXPERT.search(name)
+    if routed:
+        return layer, _EXPERT_KINDS.get(routed.group(2) or routed.group(5) or routed.group(3), "other")
     probe = name if name.endswith(".") else name + "."
     for pattern, kind in _COMPILED:
         if pattern.search(probe) or pattern.search(name):
             return layer, kind
     return layer, "other"
+
+
+def expert(name: str) -> int | None:
+    """The routed expert a matrix belongs to (``experts.3.w1.weight``, ``experts.down_proj[3]`` → 3); else None."""
+    match = _EXPERT.search(name)
+    return None if match is None else int(match.group(1) or match.group(4))
 
 
 def align(base: list[str], tuned: list[str]) -> dict[str, str]:

@@ -625,3 +625,18 @@ def test_choose_and_slide_take_every_kind_of_filter(link, shown, kept):
     assert not at.exception
     assert tuple(at.session_state["shown"].values()) == shown
     assert at.query_params == kept
+
+
+def test_deselecting_one_of_many_checkpoints_writes_one_short_entry(monkeypatch):
+    """The demo's pretraining run has 25 checkpoints: leaving one out writes `~that one`, not the other 24."""
+    run = "pretrain-gpt2-stdlib"
+    at = _open(monkeypatch, "views/spectra.py", {"group": run})
+    box = at.multiselect(key=f"spectra_checkpoints:{run}")
+    everything = list(box.value)
+    assert len(everything) == 25
+    box.set_value(everything[:1] + everything[2:]).run()
+    assert at.query_params == {"group": run, "checkpoints": f"~{everything[1]}"}
+    again = _open(monkeypatch, "views/spectra.py", dict(at.query_params))
+    assert again.multiselect(key=f"spectra_checkpoints:{run}").value == everything[:1] + everything[2:]
+    few = _open(monkeypatch, "views/spectra.py", {"group": run, "checkpoints": everything[0]})
+    assert few.multiselect(key=f"spectra_checkpoints:{run}").value == everything[:1]  # a plain list still works

@@ -174,6 +174,7 @@ _KILLED = textwrap.dedent("""
         return wrapper
 
     if where == "inside-merged-file":  # between the row groups of a merged file being written
+        compaction.ROW_GROUP_BYTES = 1  # a row group per part, so there is a "between"
         pq.ParquetWriter.write_table = counted(pq.ParquetWriter.write_table)
     else:  # before the kill_at-th file operation: merged file written, manifest swapped, part removed
         store.put, store.write_through, store.fs.rm = map(counted, (store.put, store.write_through, store.fs.rm))
