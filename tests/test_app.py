@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -286,18 +287,98 @@ def test_read_only_hides_work_and_paths(monkeypatch):
         at.switch_page("views/compute.py")
 
 
-def test_compute_page_launches_the_cli(monkeypatch, tmp_path):
-    ckpt = tmp_path / "tiny.safetensors"
-    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(48, 24)}, str(ckpt))
-    store = tmp_path / "store"
-    at = _app(monkeypatch, store).run()
+def _wait(at: AppTest, done, seconds: float = 180) -> AppTest:
+    """Rerun the page (as the job's auto-refreshing fragment does) until ``done(at)`` or the time is up."""
+    deadline = time.monotonic() + seconds
+    while not done(at) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        at.run()
+    assert not at.exception
+    return at
+
+
+def test_compute_page_writes_to_a_user_store_not_the_demo_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    at = _app(monkeypatch, None).run()
     at.switch_page("views/compute.py").run()
     assert not at.exception
-    assert any("the first job creates the store" in c.value for c in at.caption)
-    at.text_area(key="compute_paths").set_value(str(ckpt)).run()
-    at.button(key="compute_go").click().run(timeout=120)
+    user = str(tmp_path / "cache" / "subspace-atlas" / "store")
+    assert at.text_input(key="compute_store").value == user
+    assert any("demo store" in i.value and user in i.value for i in at.info), "it says why"
+    assert f"--store {user}" in at.code[0].value and "demo-store" not in at.code[0].value
+    own = tmp_path / "mine"
+    at = _app(monkeypatch, own).run()
+    at.switch_page("views/compute.py").run()
+    assert at.text_input(key="compute_store").value == str(own) and not at.info, "a session's own store: itself"
+
+
+def test_compute_page_offers_every_registered_analysis(monkeypatch, tmp_path):
+    from subspace_atlas import analysis
+
+    at = _app(monkeypatch, tmp_path / "store").run()
+    at.switch_page("views/compute.py").run()
+    assert at.selectbox(key="compute_analysis").options == list(analysis.SPECS)
+    at.text_area(key="compute_paths").set_value("a.safetensors")
+    for name, spec in analysis.SPECS.items():
+        at.selectbox(key="compute_analysis").set_value(name).run()
+        assert not at.exception
+        assert any(c.value == spec.DESCRIPTION for c in at.caption)
+        paired, run = getattr(spec, "PAIRED", False), getattr(spec, "RUN", False)
+        keys = {t.key for t in at.text_input}
+        assert ("compute_base" in keys) == paired and ("compute_start" in keys) == run
+        if paired:
+            at.text_input(key="compute_base").set_value("").run()
+        assert at.code[0].value.startswith(f"subspace-atlas {name} a.safetensors --store ")
+        assert at.button(key="compute_go").disabled == paired, "a paired analysis needs its base first"
+        if paired:
+            at.text_input(key="compute_base").set_value("base folder").run()
+            assert "--base 'base folder'" in at.code[0].value and not at.button(key="compute_go").disabled
+
+
+def test_compute_page_runs_the_cli_in_the_background(monkeypatch, tmp_path, tiny_model):
+    store = tmp_path / "target"
+    at = _app(monkeypatch, tmp_path / "read").run()
+    at.switch_page("views/compute.py").run()
+    at.text_input(key="compute_store").set_value(str(store))
+    at.text_area(key="compute_paths").set_value(str(tiny_model))
+    at.selectbox(key="compute_device").set_value("cpu")
+    at.text_input(key="compute_flags").set_value("--tensors 'mlp'").run()
+    at.button(key="compute_go").click().run()
     assert not at.exception
-    assert (store / "spectra" / "_jobs").is_dir() and len(list((store / "spectra" / "_jobs").glob("*.json"))) == 1
+    job = at.session_state["compute_job"]
+    assert job["process"].args[:4] == [sys.executable, "-m", "subspace_atlas.cli", "spectra"]
+    assert job["process"].args[-2:] == ["--tensors", "mlp"]
+    assert job["process"].poll() is None, "the page came back while the CLI still runs"
+    assert any("Running" in i.value for i in at.info) and at.button(key="compute_stop")
+    assert at.button(key="compute_go").disabled, "one job at a time"
+    _wait(at, lambda at: len(at.success) > 0)
+    assert at.success[0].value.startswith("spectra: computed 1 job(s)") and not at.error
+    assert len(list((store / "spectra" / "_jobs").glob("*.json"))) == 1 and not (tmp_path / "read").exists()
+    assert not at.button(key="compute_go").disabled
+    at.button(key="compute_open").click().run()
+    assert at.sidebar.text_input(key="store_root").value == str(store), "the session now reads the job's store"
+
+
+def test_compute_page_shows_the_cli_error_line(monkeypatch, tmp_path):
+    store, missing = tmp_path / "store", tmp_path / "missing.safetensors"
+    at = _app(monkeypatch, store).run()
+    at.switch_page("views/compute.py").run()
+    at.text_area(key="compute_paths").set_value(str(missing)).run()
+    at.button(key="compute_go").click().run()
+    _wait(at, lambda at: len(at.error) > 0 or len(at.success) > 0)
+    assert [e.value for e in at.error] == [f"subspace-atlas: error: {missing}: no such file or folder"]
+    assert not at.success and not store.exists()
+
+
+def test_compute_page_stops_a_job(monkeypatch, tmp_path, tiny_model):
+    at = _app(monkeypatch, tmp_path / "store").run()
+    at.switch_page("views/compute.py").run()
+    at.text_area(key="compute_paths").set_value(str(tiny_model)).run()
+    at.button(key="compute_go").click().run()
+    at.button(key="compute_stop").click().run()
+    _wait(at, lambda at: len(at.warning) > 0, seconds=60)
+    assert "Stopped" in at.warning[0].value and not at.success and not at.error
+    assert at.session_state["compute_job"]["process"].returncode != 0
 
 
 def test_overlap_page_on_demo_shows_runs_references_and_convergence(monkeypatch):
