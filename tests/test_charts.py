@@ -304,3 +304,15 @@ def test_overlap_panels_tile_the_figure_for_any_number_of_kinds(kinds):
     domains = [layout[key]["domain"] for key in layout if key.startswith(("xaxis", "yaxis"))]
     assert len(domains) == 2 * kinds and all(0 <= lo < hi <= 1 for lo, hi in domains)
     assert len(fig.data) == 2 * kinds and len(fig.layout.shapes) == kinds  # a line per layer, a chance line per panel
+
+
+def test_stored_jobs_counts_jobs_per_analysis_and_device():
+    jobs = pd.DataFrame({"analysis": ["spectra"] * 5 + ["overlap"] * 2,
+                         "device": ["cpu", "cpu", "cuda", "cpu", "cuda", "cpu", "cpu"],
+                         "checkpoint": ["a", "b", "c", "d", "e", "r", "r"], "matrices": [10] * 7,
+                         "wall_s": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]})
+    fig = charts.stored_jobs(jobs)
+    bars = {(t.name, y): x for t in fig.data for y, x in zip(t.y, t.x)}
+    assert bars == {("cpu", "spectra"): 3, ("cuda", "spectra"): 2, ("cpu", "overlap"): 2}
+    cuda = next(t for t in fig.data if t.name == "cuda")
+    assert list(cuda.customdata[0]) == [2, 20, 8.0]  # checkpoints, matrices, seconds summed (3 + 5)

@@ -36,7 +36,7 @@ if zoo is not None:
     st.dataframe(zoo[[c for c in shown if c in zoo]], hide_index=True, key="zoo_table")
 
 st.subheader("Stored jobs")
-show(charts.jobs_timeline(analysed), key="jobs_chart")
+show(charts.stored_jobs(analysed), key="jobs_chart")
 shown = ["analysis", "checkpoint", "run", "step", "matrices", "device", "device_name", "wall_s", "created",
          "fingerprint"]
 st.dataframe(analysed[[c for c in shown if c in analysed]], hide_index=True, key="jobs_table")
