@@ -18,6 +18,7 @@ from subspace_atlas import query
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.store import Store
 
+FIGURE_CONFIG = {"displaylogo": False}  # plotly's toolbar, on every chart
 DEMO_STORE = Path(__file__).resolve().parent.parent / "data" / "demo-store"
 
 
@@ -140,7 +141,9 @@ def csv_download(frame: pd.DataFrame, name: str, key: str) -> None:
 
 
 def show(fig, *, key: str, where=None):
-    """Draw a plotly figure (in ``where``, a column or tab, else the page) and keep it for the HTML export."""
-    drawn = (st if where is None else where).plotly_chart(fig, key=key)
+    """Draw a plotly figure (in ``where``, a column or tab, else the page) and keep it for the HTML export.
+    Its toolbar's camera saves the figure as an SVG (vector, for papers) named after the chart."""
+    drawn = (st if where is None else where).plotly_chart(fig, key=key, config=FIGURE_CONFIG | {
+        "toImageButtonOptions": {"format": "svg", "filename": f"atlas-{key}"}})
     st.session_state.setdefault("_figures", []).append(fig)
     return drawn

@@ -721,3 +721,13 @@ def test_deselecting_one_of_many_checkpoints_writes_one_short_entry(monkeypatch)
     assert again.multiselect(key=f"spectra_checkpoints:{run}").value == everything[:1] + everything[2:]
     few = _open(monkeypatch, "views/spectra.py", {"group": run, "checkpoints": everything[0]})
     assert few.multiselect(key=f"spectra_checkpoints:{run}").value == everything[:1]  # a plain list still works
+
+
+@pytest.mark.parametrize("page", READING_PAGES)
+def test_every_chart_saves_as_an_svg_named_after_it(monkeypatch, page):
+    at = _app(monkeypatch, DEMO).switch_page(page).run()
+    charts = _charts(at)
+    assert charts and not at.exception
+    options = [json.loads(chart.proto.config)["toImageButtonOptions"] for chart in charts]
+    assert all(o["format"] == "svg" and o["filename"].startswith("atlas-") for o in options)
+    assert len({o["filename"] for o in options}) == len(options)  # each chart's file has its own name
