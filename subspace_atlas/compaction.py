@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from subspace_atlas.query import JOB_COLUMN
 from subspace_atlas.store import ROW_GROUP_BYTES, Manifest, Store, constant_columns, parquet_options, row_group_rows
-from subspace_atlas.verify import leftovers
+from subspace_atlas.verify import remove_leftovers
 
 SMALL_BYTES = 32 << 20  # parts at least this big are left as they are: merging them saves nothing
 BATCH_BYTES = 256 << 20  # at most this much of parts goes into one merged file
@@ -41,9 +41,9 @@ def compact(store: Store, small_bytes: int = SMALL_BYTES, batch_bytes: int = BAT
     outcome = Outcome()
     for analysis in store.analyses():
         manifests = store.catalog(analysis)
-        files = {(t, m.file(t)) for m in manifests for t in _tables(m)}
-        outcome.files_before += len(files)
-        outcome.orphans_removed += _remove_orphans(store, analysis, files) + _remove_replaced(store, analysis, manifests)
+        outcome.files_before += len({(t, m.file(t)) for m in manifests for t in _tables(m)})
+        outcome.orphans_removed += (remove_leftovers(store, analysis, manifests)
+                                    + _remove_replaced(store, analysis, manifests))
         for batch in _batches(store, analysis, manifests, small_bytes, batch_bytes):
             outcome.jobs += _merge(store, analysis, batch)
             log(f"{analysis}: merged {len(batch)} job(s)")
@@ -159,12 +159,3 @@ def _remove_replaced(store: Store, analysis: str, manifests: list[Manifest]) -> 
                 store.fs.rm(path)
                 removed += 1
     return removed
-
-
-def _remove_orphans(store: Store, analysis: str, named: set[tuple[str, str]]) -> int:
-    """Remove what killed writers and compactions left: old temporaries and files no manifest names."""
-    paths = {store.table_path(analysis, table, file) for table, file in named}
-    found = leftovers(store, analysis, paths)
-    for path in found:
-        store.fs.rm(path)
-    return len(found)

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from subspace_atlas.errors import AtlasError
+from subspace_atlas.errors import AtlasError, first_line
 
 META_KEY = b"subspace_atlas"
 JOBS = "_jobs"
@@ -121,7 +121,7 @@ class Store:
 
     def explain(self, err: BaseException) -> str:
         """An error's first line, with paths shown relative to the store (a visitor never sees server paths)."""
-        return _first_line(err).replace(self._base.rstrip("/") + "/", "")
+        return first_line(err).replace(self._base.rstrip("/") + "/", "")
 
     def table_path(self, analysis: str, table: str, file: str) -> str:
         """A table file's path within the store's filesystem."""
@@ -148,7 +148,7 @@ class Store:
             self.put(probe, b"\0" * 4096)
             self.fs.rm(probe)
         except Exception as err:  # noqa: BLE001 (any failure here means no result could be stored)
-            raise AtlasError(f"--store {self.root}: not writable ({_first_line(err)})") from err
+            raise AtlasError(f"--store {self.root}: not writable ({first_line(err)})") from err
         finally:  # the store stays as it was until a job is written (a bad input must not leave a folder)
             for folder in reversed(created):
                 with contextlib.suppress(OSError):
@@ -294,7 +294,7 @@ class Store:
         return dict(sorted((p, i) for p, i in listing.items() if i.get("type") == "file"))
 
     def _unreachable(self, err: BaseException) -> AtlasError:
-        return AtlasError(f"--store {self.root}: cannot be read ({_first_line(err)})")
+        return AtlasError(f"--store {self.root}: cannot be read ({first_line(err)})")
 
     def catalog(self, analysis: str = "*") -> list[Manifest]:
         """Every stored job's manifest (of one analysis or all), in fingerprint order, read in one batch."""
@@ -406,10 +406,6 @@ def _missing_folders(root: str) -> list[str]:
         missing.append(folder)
         folder = os.path.dirname(folder)
     return missing[::-1]
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [""])[0] or type(err).__name__
 
 
 def _alive(claim: dict) -> bool:

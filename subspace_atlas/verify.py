@@ -81,10 +81,12 @@ def leftovers(store: Store, analysis: str, named: set[str]) -> list[str]:
     return sorted(old)
 
 
-def remove_leftovers(store: Store, analysis: str) -> int:
-    """Remove an analysis's leftovers (see ``leftovers``) before new work is written: a store that killed
-    runs wrote to does not keep growing. Returns how many files went."""
-    named = {store.table_path(m.analysis, table, file) for m in store.catalog(analysis)
+def remove_leftovers(store: Store, analysis: str, manifests: list[Manifest] | None = None) -> int:
+    """Remove an analysis's leftovers (see ``leftovers``) before new work is written or merged: a store that
+    killed runs wrote to does not keep growing. ``manifests``: the analysis's catalog, when the caller has
+    read it already. Returns how many files went."""
+    named = {store.table_path(m.analysis, table, file) for m in (store.catalog(analysis) if manifests is None
+                                                                  else manifests)
              for table in m.content.get("tables", {}) if (file := m.file(table)) is not None}
     found = leftovers(store, analysis, named)
     for path in found:
