@@ -28,6 +28,7 @@ pages = [
     st.Page("views/angles.py", title="Task angles", icon=":material/architecture:"),
     st.Page("views/overlap.py", title="Training dynamics", icon=":material/timeline:"),
     st.Page("views/patching.py", title="Activation patching", icon=":material/swap_horiz:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 if not read_only():
     pages.append(st.Page("views/compute.py", title="Compute", icon=":material/play_arrow:"))

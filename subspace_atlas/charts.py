@@ -10,6 +10,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from subspace_atlas.naming import align
+
 # Metric → its one-line meaning, in the order the app offers them.
 SPECTRA_METRICS: dict[str, str] = {
     "alpha": "power-law exponent of the eigenvalue tail; WeightWatcher reads < 2 as over-trained, "
@@ -133,7 +135,7 @@ def _shown(total: int, drawn: int) -> str:
 
 def metric_by_layer(matrices: pd.DataFrame, metric: str) -> go.Figure:
     """The metric across layers, one panel per kind and one line per checkpoint coloured by step order;
-    beyond ``MAX_LINES`` checkpoints, evenly spaced ones are drawn."""
+    beyond ``MAX_LINES`` checkpoints, evenly spaced ones are drawn. Built as one dict, like ``overlap_over_steps``."""
     rows = matrices.dropna(subset=["layer", metric]).sort_values("layer")
     if rows.empty:
         return _empty(f"no per-layer values of {metric}")
@@ -141,23 +143,25 @@ def metric_by_layer(matrices: pd.DataFrame, metric: str) -> go.Figure:
     drawn = spread(order)
     kinds = sorted(rows["kind"].unique())
     cols = min(3, len(kinds))
-    fig = make_subplots(rows=-(-len(kinds) // cols), cols=cols, subplot_titles=kinds, shared_xaxes=True,
-                        horizontal_spacing=0.06, vertical_spacing=0.12)
+    layout, axes = _panels(kinds, cols, gap_x=0.06, gap_y=0.12)
     groups = dict(tuple(rows[rows["checkpoint"].isin(drawn)].groupby(["kind", "checkpoint"], sort=False)))
     mode = "lines+markers" if len(drawn) <= 3 else "lines"  # thousands of SVG markers are slow to draw
-    for k, kind in enumerate(kinds):
+    traces = []
+    for k, (kind, axis) in enumerate(zip(kinds, axes)):
+        if axis:
+            layout[f"xaxis{axis}"]["matches"] = "x"
         for checkpoint, colour in zip(drawn, _step_colours(len(drawn))):
             one = groups.get((kind, checkpoint))
             if one is None:
                 continue
-            fig.add_trace(go.Scatter(x=one["layer"], y=one[metric], mode=mode, name=str(checkpoint),
-                                     legendgroup=str(checkpoint), showlegend=k == 0, line={"color": colour},
-                                     customdata=one[["tensor"]], hovertemplate="%{customdata[0]}<br>layer %{x}: "
-                                     "%{y:.3g}<extra>%{fullData.name}</extra>"), row=k // cols + 1, col=k % cols + 1)
-    _integer_ticks(fig, rows["layer"])
-    fig.update_layout(title=f"{label(metric)} across layers{_shown(len(order), len(drawn))}",
-                      legend_title_text="checkpoint", height=260 * (-(-len(kinds) // cols)) + 80)
-    return fig
+            traces.append({"type": "scatter", "x": one["layer"].tolist(), "y": one[metric].tolist(), "mode": mode,
+                           "name": str(checkpoint), "legendgroup": str(checkpoint), "showlegend": k == 0,
+                           "line": {"color": colour}, "customdata": one[["tensor"]].to_numpy().tolist(),
+                           "xaxis": f"x{axis}", "yaxis": f"y{axis}",
+                           "hovertemplate": "%{customdata[0]}<br>layer %{x}: %{y:.3g}<extra>%{fullData.name}</extra>"})
+    layout |= {"title": {"text": f"{label(metric)} across layers{_shown(len(order), len(drawn))}"},
+               "legend": {"title": {"text": "checkpoint"}}, "height": 260 * -(-len(kinds) // cols) + 80}
+    return _integer_ticks(go.Figure(data=traces, layout=layout), rows["layer"])
 
 
 def metric_over_steps(matrices: pd.DataFrame, metric: str) -> go.Figure:
@@ -797,3 +801,82 @@ def effect_across_layers(effects: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(type="category")
     fig.update_layout(title="Effect across layers", yaxis_title="FLDD (%)")
     return fig
+
+
+# ---------------------------------------------------------------- compare two checkpoints
+
+PAIRED_ANALYSES = ("intruders", "sparsity")  # jobs that pair a fine-tune with its base
+
+
+def default_pair(jobs: pd.DataFrame) -> tuple[str, str] | None:
+    """The pair the Compare page opens on, from the stored jobs (inputs as columns): a base and one of its
+    fine-tunes that an intruders or sparsity job pairs (finals before a run's checkpoints, both with spectra
+    first); else the first and last checkpoint of a run; else the first and last checkpoint; None below two."""
+    with_spectra = set(jobs.loc[jobs["analysis"] == "spectra", "checkpoint"])
+    paired = jobs[jobs["analysis"].isin(PAIRED_ANALYSES)]
+    if "base" in paired:
+        paired = paired.dropna(subset=["base"])
+        if not paired.empty:
+            rank = {name: k for k, name in enumerate(in_step_order(paired))}
+            best = min(zip(paired["base"], paired["checkpoint"]),
+                       key=lambda pair: (not set(pair) <= with_spectra, rank[pair[1]]))
+            return best
+    in_runs = jobs.dropna(subset=["run"]) if "run" in jobs else jobs.iloc[:0]
+    for _, run in sorted(in_runs.groupby("run"), key=lambda item: natural_key(item[0])):
+        order = in_step_order(run)
+        if len(order) > 1:
+            return order[0], order[-1]
+    order = in_step_order(jobs)
+    return (order[0], order[-1]) if len(order) > 1 else None
+
+
+def metric_deltas(matrices: pd.DataFrame, metric: str, a: str, b: str) -> pd.DataFrame:
+    """Per matrix of ``b`` paired with one of ``a``: ``value_a``, ``value_b`` and ``delta`` = b − a of ``metric``.
+    Matrices pair by name, ignoring a prefix one checkpoint wraps the other's in (``bert.encoder…`` vs
+    ``encoder…``, ``naming.align``); ``tensor``, ``layer`` and ``kind`` are b's, ``tensor_a`` a's name."""
+    one = matrices[matrices["checkpoint"] == a].drop_duplicates("tensor").set_index("tensor")
+    two = matrices[matrices["checkpoint"] == b].drop_duplicates("tensor").set_index("tensor")
+    pairs = align(list(one.index), list(two.index))
+    tuned = list(pairs)
+    frame = pd.DataFrame({"tensor": tuned, "tensor_a": [pairs[t] for t in tuned],
+                          "layer": two.loc[tuned, "layer"].to_numpy(), "kind": two.loc[tuned, "kind"].to_numpy(),
+                          "value_a": one.loc[list(pairs.values()), metric].to_numpy(dtype=float),
+                          "value_b": two.loc[tuned, metric].to_numpy(dtype=float)})
+    return frame.assign(delta=frame["value_b"] - frame["value_a"])
+
+
+def delta_heatmap(deltas: pd.DataFrame, metric: str, a: str, b: str) -> go.Figure:
+    """Layer × kind: the mean change b − a of ``metric`` (``metric_deltas``) on a diverging scale centred on 0."""
+    rows = deltas.dropna(subset=["layer", "delta"])
+    if rows.empty:
+        return _empty(f"no per-layer matrix of {b} pairs with one of {a} holding {metric}")
+    grid = rows.pivot_table(index="kind", columns="layer", values="delta", aggfunc="mean")
+    reach = float(np.nanmax(np.abs(grid.to_numpy(dtype=float)))) or 1.0
+    return _layer_kind_grid(grid, f"Δ {label(metric)} = {b} − {a}, by layer and kind", f"Δ {label(metric)}",
+                            "RdBu_r", ".2g", zmin=-reach, zmax=reach)
+
+
+def singular_values_pair(values: pd.DataFrame, a: str, b: str, matrix: str) -> go.Figure:
+    """One matrix's singular values by rank in ``a`` (dark grey, dotted, drawn over) and ``b`` (wide blue) on one log
+    axis: where the spectra coincide, A's dots run along B's line."""
+    if values.empty:
+        return _empty(f"no singular values of {matrix}")
+    fig = go.Figure()
+    for which, name, style in (("B", b, {"color": "steelblue", "width": 4}),
+                               ("A", a, {"color": "dimgray", "dash": "dot", "width": 2})):
+        one = values[values["checkpoint"] == name].sort_values("index")
+        one = one.iloc[thinned(len(one))]
+        fig.add_trace(go.Scatter(x=one["index"], y=one["sigma"], mode="lines", name=f"{which}: {name}", line=style))
+    fig.update_yaxes(type="log", title="singular value σᵢ", exponentformat="power")
+    fig.update_layout(title=f"{matrix}: singular values by rank", xaxis_title="rank i", legend_title_text="checkpoint",
+                      legend_traceorder="reversed")
+    return _integer_ticks(fig, values["index"])
+
+
+def pair_overlap_heatmap(pairs: pd.DataFrame, title: str) -> go.Figure:
+    """Layer × kind: the subspace overlap of two fine-tunes' updates (one pair and side; mean per cell)."""
+    rows = pairs.dropna(subset=["layer", "overlap"])
+    if rows.empty:
+        return _empty("no per-layer matrices")
+    grid = rows.pivot_table(index="kind", columns="layer", values="overlap", aggfunc="mean")
+    return _layer_kind_grid(grid, title, "overlap", "Blues", ".2f", zmin=0, zmax=1)

@@ -29,13 +29,13 @@ import stat
 import threading
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
 from subspace_atlas import safetensors_header
 from subspace_atlas.errors import AtlasError, brief, first_line, is_utf8
-from subspace_atlas.views import View, expanded
+from subspace_atlas.views import HALVES, View, expanded
 
 if TYPE_CHECKING:
     import torch
@@ -55,13 +55,16 @@ _log = logging.getLogger(__name__)
 class TensorInfo:
     """A tensor's name, shape and stored dtype, read from headers without loading data.
 
-    With ``view``, a matrix cut from a 3-D tensor (``views``): its name is not a stored tensor's.
+    With ``view``, a matrix cut from a 3-D tensor (``views``): its name is not a stored tensor's. ``halves``:
+    for a fused ``experts.gate_up_proj``, how its model type lays out the gate and up halves
+    (``views.HALVES``); None when the checkpoint does not say.
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
     view: View | None = None
+    halves: str | None = None
 
     @property
     def is_matrix(self) -> bool:
@@ -273,8 +276,31 @@ class Checkpoint:
                         raise AtlasError(f"{self.path}: tensor {name!r} is in both {sources[name].path.name} and "
                                          f"{file.name}; the files of one checkpoint must not share tensor names")
                     sources[name] = opened
+            self._mark_halves(sources)
             self._sources = sources
         return self._sources
+
+    def _mark_halves(self, sources: dict[str, _SafetensorsFile | _PickleFile]) -> None:
+        """Tell each fused ``experts.gate_up_proj`` how its gate and up halves lie, from ``config.json``."""
+        fused = [name for name in sources if name.endswith("experts.gate_up_proj")]
+        halves = HALVES.get(self.model_type() or "") if fused else None
+        for name in fused if halves else ():
+            infos = sources[name].infos
+            infos[name] = replace(infos[name], halves=halves)
+
+    def model_type(self) -> str | None:
+        """``model_type`` from the ``config.json`` beside the weights; None when there is none. A config
+        that cannot be read is None with a warning: it only names the model, it holds no weights."""
+        config = (self.path if self.path.is_dir() else self.path.parent) / "config.json"
+        if not config.is_file():
+            return None
+        try:
+            data = read_json(config, "not a readable model config")
+        except AtlasError as err:
+            _log.warning("subspace-atlas: warning: %s; its model type is unknown", err)
+            return None
+        kind = data.get("model_type") if isinstance(data, dict) else None
+        return kind if isinstance(kind, str) else None
 
     def _listed(self, file: Path) -> Path:
         if not file.exists():
@@ -308,7 +334,7 @@ class Checkpoint:
         if info is None:
             raise AtlasError(f"{self.path}: no tensor named {name!r}")
         view = info.view
-        return view.cut(sources[view.source].load(view.source, view.expert), info.shape[0])
+        return view.cut(sources[view.source].load(view.source, view.expert), info.shape)
 
     def stream(self, names: Sequence[str], ahead_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` in order while a background thread reads the next ones.

@@ -1,18 +1,23 @@
 """Map raw tensor names of common architectures to a ``(layer, kind)`` pair, and MoE experts to their index.
 
-Kinds: q k v qkv o up gate gate_up down fc_in fc_out router embed pos_embed unembed other. ``qkv`` is a
-fused query-key-value matrix (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``); ``gate_up`` an expert's
-fused gate and up projections whose halves are not split (``views``); ``router`` an MoE layer's
-expert-choosing matrix. Unknown names map to ``(None, "other")`` rather than failing, so any checkpoint
-can be analysed.
+Kinds: q k v qkv o q_a q_b kv_a kv_b up gate gate_up down fc_in fc_out router embed pos_embed unembed
+head other. ``qkv`` is a fused query-key-value matrix (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``,
+Phi-3 ``qkv_proj``); ``gate_up`` fused gate and up projections left whole (Phi-3 ``gate_up_proj``, or an
+expert's whose halves ``views`` cannot split); ``q_a`` ``q_b`` ``kv_a`` ``kv_b`` the low-rank query and
+key-value projections of multi-head latent attention (DeepSeek-V2/V3 ``q_a_proj``, ``q_b_proj``,
+``kv_a_proj_with_mqa``, ``kv_b_proj``): none is one of q, k or v; ``router`` an MoE layer's
+expert-choosing matrix; ``embed`` an input embedding table (token, or BERT's token types); ``pos_embed``
+absolute or relative position embeddings (T5's per-block ``relative_attention_bias``); ``head`` a task
+head's matrix (BERT pooler, masked-LM transform, classifier). Unknown names map to ``(None, "other")``
+rather than failing, so any checkpoint can be analysed. Tied weights are stored, and so named, once.
 """
 
 from __future__ import annotations
 
 import re
 
-KINDS = ("q", "k", "v", "qkv", "o", "up", "gate", "gate_up", "down", "fc_in", "fc_out", "router",
-         "embed", "pos_embed", "unembed", "other")
+KINDS = ("q", "k", "v", "qkv", "o", "q_a", "q_b", "kv_a", "kv_b", "up", "gate", "gate_up", "down", "fc_in",
+         "fc_out", "router", "embed", "pos_embed", "unembed", "head", "other")
 
 # The block index: Llama/Qwen/BERT/NeoX `layers.3` / `layer.3`, GPT-2 `h.3`, TransformerLens/T5 `blocks.3`/`block.3`.
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -30,10 +35,16 @@ _KIND_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"(?:mlp|block_sparse_moe|feed_forward|moe)\.(?:gate|router|shared_expert_gate)\.", "router"),
     (r"shared_experts?\.gate_proj\.", "gate"), (r"shared_experts?\.up_proj\.", "up"),
     (r"shared_experts?\.down_proj\.", "down"),
-    # Llama / Mistral / Qwen
+    # Task heads (before `lm_head`: RoBERTa's masked-LM transform is `lm_head.dense`)
+    (r"(?:^|\.)(?:pooler|predictions\.transform|lm_head)\.dense\.", "head"),
+    (r"(?:^|\.)(?:classifier|score|qa_outputs)\.", "head"),
+    # Llama / Mistral / Qwen / Gemma / OLMo; Phi-3 fuses qkv and gate-up; DeepSeek's latent attention
     (r"self_attn\.q_proj\.", "q"), (r"self_attn\.k_proj\.", "k"), (r"self_attn\.v_proj\.", "v"),
     (r"self_attn\.o_proj\.", "o"),
+    (r"self_attn\.qkv_proj\.", "qkv"), (r"self_attn\.q_a_proj\.", "q_a"), (r"self_attn\.q_b_proj\.", "q_b"),
+    (r"self_attn\.kv_a_proj(?:_with_mqa)?\.", "kv_a"), (r"self_attn\.kv_b_proj\.", "kv_b"),
     (r"mlp\.gate_proj\.", "gate"), (r"mlp\.up_proj\.", "up"), (r"mlp\.down_proj\.", "down"),
+    (r"mlp\.gate_up_proj\.", "gate_up"),
     (r"embed_tokens\.", "embed"), (r"(?:^|\.)lm_head\.", "unembed"),
     # GPT-2 (Conv1D weights are stored transposed; spectra do not care)
     (r"attn\.c_attn\.", "qkv"), (r"attn\.c_proj\.", "o"), (r"mlp\.c_fc\.", "fc_in"),
@@ -46,15 +57,17 @@ _KIND_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"attention\.self\.query\.", "q"), (r"attention\.self\.key\.", "k"),
     (r"attention\.self\.value\.", "v"), (r"attention\.output\.dense\.", "o"),
     (r"intermediate\.dense\.", "fc_in"), (r"(?:^|\.)output\.dense\.", "fc_out"),
-    (r"word_embeddings\.", "embed"), (r"position_embeddings\.", "pos_embed"),
+    (r"(?:word|token_type)_embeddings\.", "embed"), (r"position_embeddings\.", "pos_embed"),
     # TransformerLens (2-D parameters; per-head W_Q … W_O joined across heads by `views`)
     (r"attn\._?W_Q\[heads\]$", "q"), (r"attn\._?W_K\[heads\]$", "k"), (r"attn\._?W_V\[heads\]$", "v"),
     (r"attn\._?W_O\[heads\]$", "o"),
     (r"mlp\.W_in$", "fc_in"), (r"mlp\.W_out$", "fc_out"), (r"(?:^|\.)W_E$", "embed"),
     (r"(?:^|\.)W_pos$", "pos_embed"), (r"(?:^|\.)W_U$", "unembed"),
-    # T5
-    (r"SelfAttention\.q\.", "q"), (r"SelfAttention\.k\.", "k"), (r"SelfAttention\.v\.", "v"),
-    (r"SelfAttention\.o\.", "o"), (r"DenseReluDense\.wi(?:_0)?\.", "fc_in"),
+    # T5 (self- and cross-attention; the gated feed-forward's wi_0 gates wi_1)
+    (r"Attention\.relative_attention_bias\.", "pos_embed"),
+    (r"(?:SelfAttention|EncDecAttention)\.q\.", "q"), (r"(?:SelfAttention|EncDecAttention)\.k\.", "k"),
+    (r"(?:SelfAttention|EncDecAttention)\.v\.", "v"), (r"(?:SelfAttention|EncDecAttention)\.o\.", "o"),
+    (r"DenseReluDense\.wi\.", "fc_in"), (r"DenseReluDense\.wi_0\.", "gate"),
     (r"DenseReluDense\.wi_1\.", "up"), (r"DenseReluDense\.wo\.", "fc_out"),
     (r"(?:^|\.)shared\.", "embed"),
 )

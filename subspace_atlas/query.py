@@ -15,7 +15,7 @@ as it is and returns the Arrow tables the pages draw; docs/store.md has the numb
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -34,20 +34,34 @@ _RETRIES = 5  # a file can vanish between listing and reading while ``compact`` 
 
 
 def scan(store: Store, analysis: str, table: str, *, where: dict[str, object] | None = None,
-         columns: Iterable[str] | None = None, predicate: ds.Expression | None = None) -> pa.Table | None:
+         columns: Iterable[str] | None = None, predicate: ds.Expression | None = None,
+         catalog: list[Manifest] | None = None) -> pa.Table | None:
     """The stored rows of ``analysis/table`` that match ``where`` (column → value, or a list of values: any of
     them; None matches null) and ``predicate`` (a pyarrow expression, e.g. for ranges), with only ``columns`` (default: all).
 
     None when no stored job wrote that table (or none of their files reads). A file that does not read is
-    left out and named in ``store.unreadable``; the rest is returned.
+    left out and named in ``store.unreadable``; the rest is returned. ``catalog``: the analysis's manifests as a
+    caller already read them (a reader's cache); read afresh if a file they name has gone.
     """
     where = dict(where or {})
+
+    def read(manifests: list[Manifest]) -> pa.Table | None:
+        return _scan(store, analysis, table, manifests, where, columns, predicate)
+
+    return _retrying(store, analysis, table, read, catalog)
+
+
+def _retrying(store: Store, analysis: str, table: str, read: Callable[[list[Manifest]], object],
+              catalog: list[Manifest] | None = None):
+    """``read(manifests of the completed jobs that wrote table)``, again with a fresh catalog when a file vanished
+    under it (``compact`` swapped it for a merged one); None when no job wrote the table."""
     for attempt in range(_RETRIES):
-        manifests = [m for m in store.catalog(analysis) if m.file(table)]
+        known = catalog if attempt == 0 and catalog is not None else store.catalog(analysis)
+        manifests = [m for m in known if m.file(table)]
         if not manifests:
             return None
         try:
-            return _scan(store, analysis, table, manifests, where, columns, predicate)
+            return read(manifests)
         except FileNotFoundError:
             if attempt == _RETRIES - 1:
                 raise
@@ -133,13 +147,34 @@ def _all(terms: list[ds.Expression]) -> ds.Expression | None:
 
 
 def _may_match(constants: dict, where: dict[str, object]) -> bool:
-    """False only when a column this job holds constant has a value the filter excludes."""
+    """False only when a column this job holds constant (None: null in every row) has a value the filter excludes."""
     for column, value in where.items():
-        if column in constants and value is not None:
+        if column in constants:
             allowed = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
             if constants[column] not in allowed:
                 return False
     return True
+
+
+def distinct(store: Store, analysis: str, table: str, column: str,
+             catalog: list[Manifest] | None = None) -> list | None:
+    """The values ``column`` takes in ``analysis/table`` (None for null), read off the manifests where a job holds
+    it constant: only the other jobs' files are opened, for that one column. None when no job wrote the table.
+    ``catalog`` as in ``scan``."""
+
+    def read(manifests: list[Manifest]) -> list:
+        values = {m.constants(table)[column] for m in manifests if column in m.constants(table)}
+        unknown = [m for m in manifests if column not in m.constants(table)]
+        if unknown:
+            try:
+                found = _scan(store, analysis, table, unknown, {}, [column], None)
+            except AtlasError:  # no such column in these files: null in all their rows
+                values.add(None)
+            else:
+                values |= set() if found is None else set(found.column(column).unique().to_pylist())
+        return sorted(values, key=lambda v: (v is not None, "" if v is None else str(v)))
+
+    return _retrying(store, analysis, table, read, catalog)
 
 
 def _expression(where: dict[str, object], schema: pa.Schema) -> ds.Expression | None:

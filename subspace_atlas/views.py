@@ -1,15 +1,19 @@
 """Matrices cut from stored tensors of three dimensions, so analyses that take 2-D matrices see them too.
 
-Two kinds of 3-D weight are split or joined into matrices, read from headers alone:
+Two kinds of 3-D weight are split or joined into matrices, read from headers (and ``config.json``) alone:
 
 * **Fused MoE experts** (Transformers 5 stores all experts of a projection as one tensor):
   ``…experts.down_proj`` ``[E, H, I]`` gives one matrix per expert, named ``…experts.down_proj[3]``.
   ``…experts.gate_up_proj`` ``[E, 2I, H]`` (Mixtral, Qwen-MoE, DeepSeek, OLMoE …) gives two per expert,
   ``…experts.gate_up_proj[3].gate`` and ``….up``: rows ``:I`` and ``I:``, the halves the model's own
-  ``linear(x, w).chunk(2, dim=-1)`` takes. In the transposed ``[E, H, 2I]`` layout (gpt-oss, Llama 4) the
-  halves are interleaved in some models and concatenated in others, which headers cannot tell, so each
-  expert stays one fused ``…gate_up_proj[3]`` matrix. The layout is read off the ``down_proj`` beside it.
-  Any other 3-D float tensor under ``experts`` is one matrix per expert.
+  ``linear(x, w).chunk(2, dim=-1)`` takes. In the transposed ``[E, H, 2I]`` layout the halves are columns,
+  interleaved in some models (gpt-oss: ``gate_up[..., ::2]``, ``[..., 1::2]``) and concatenated in others
+  (Llama 4, Aria: ``chunk(2, dim=-1)``). Headers cannot tell which, so the checkpoint's ``model_type``
+  does (``HALVES``, set on the tensor as ``TensorInfo.halves``); for a model not listed each expert stays
+  one fused ``…gate_up_proj[3]`` matrix. The layout is read off the ``down_proj`` beside it. Matrices are
+  cut as stored (``[H, I]`` in the transposed layout; spectra do not care). Any other 3-D float tensor
+  under ``experts`` is one matrix per expert; a stacked 2-D expert bias (gpt-oss ``…experts.down_proj_bias``
+  ``[E, H]``) is one bias vector per expert, so analyses skip it as they skip every bias.
 * **TransformerLens per-head attention** ``W_Q`` / ``W_K`` / ``W_V`` ``[n_heads, d_model, d_head]`` and
   ``W_O`` ``[n_heads, d_head, d_model]``: one matrix with the heads joined along ``d_head`` (head-major),
   ``[d_model, n_heads·d_head]`` and ``[n_heads·d_head, d_model]``, named ``…attn.W_Q[heads]``.
@@ -28,51 +32,69 @@ if TYPE_CHECKING:
     from subspace_atlas.checkpoints import TensorInfo
 
 _EXPERTS = re.compile(r"(?:^|\.)experts\.\w+$")
+_EXPERT_BIAS = re.compile(r"(?:^|\.)experts\.\w+_bias$")
 _GATE_UP = re.compile(r"(?:^|\.)experts\.gate_up_proj$")
 _HEADS = re.compile(r"(?:^|\.)attn\._?W_([QKVO])$")
+
+# How a model type's fused ``[E, H, 2I]`` gate_up tensor holds its gate and up halves (transformers 5.23:
+# ``GptOssExperts._apply_gate``; ``Llama4TextExperts.forward``, ``AriaExperts``, ``OpenAIPrivacyFilterExperts``).
+HALVES = {"gpt_oss": "interleaved", "llama4": "concatenated", "llama4_text": "concatenated",
+          "aria": "concatenated", "aria_text": "concatenated", "openai_privacy_filter": "concatenated"}
 
 
 @dataclass(frozen=True)
 class View:
     """How a 2-D matrix is cut from the stored tensor ``source``.
 
-    ``expert``: the slice along the first axis. ``half``: the first row of the rows taken from that slice
-    (a gate or up half). ``heads_axis``: the axis (1 or 2) holding ``d_head`` when heads are joined.
+    ``expert``: the slice along the first axis. ``half``: the first row (``axis`` 0) or column (``axis`` 1)
+    of the gate or up half taken from that slice, every ``step``-th from there (2 when interleaved).
+    ``heads_axis``: the axis (1 or 2) holding ``d_head`` when heads are joined.
     """
 
     source: str
     expert: int | None = None
     half: int | None = None
     heads_axis: int | None = None
+    axis: int = 0
+    step: int = 1
 
-    def cut(self, tensor: torch.Tensor, rows: int) -> torch.Tensor:
-        """The ``rows``-row matrix from ``tensor``: the source's ``expert`` slice, or the whole source when
+    def cut(self, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """The matrix of ``shape`` from ``tensor``: the source's ``expert`` slice, or the whole source when
         heads are joined."""
+        import torch
+
         if self.heads_axis is not None:
             return tensor.movedim(0, self.heads_axis - 1).flatten(self.heads_axis - 1, self.heads_axis)
         if self.half is None:
             return tensor
-        return tensor[self.half:self.half + rows].clone()  # a copy: a view would keep the other half alive
+        taken = slice(self.half, self.half + self.step * shape[self.axis], self.step)
+        part = tensor[taken] if self.axis == 0 else tensor[:, taken]
+        return part.clone(memory_format=torch.contiguous_format)  # a copy: a view keeps the other half alive
 
 
 def expanded(infos: Iterable[TensorInfo]) -> list[TensorInfo]:
-    """``infos`` with each 3-D float tensor these rules know replaced, in place, by the matrices cut from it."""
+    """``infos`` with each 3-D float tensor these rules know replaced, in place, by the matrices cut from it
+    (and each stacked expert bias by its vectors)."""
     infos = list(infos)
     shapes = {info.name: info.shape for info in infos}
     out: list[TensorInfo] = []
     for info in infos:
-        known = len(info.shape) == 3 and info.is_float and min(info.shape) > 0
+        stacked = len(info.shape) == 3 or (len(info.shape) == 2 and _EXPERT_BIAS.search(info.name))
+        known = stacked and info.is_float and min(info.shape) > 0
         out += (_cut(info, shapes) if known else []) or [info]
     return out
 
 
 def _cut(info: TensorInfo, shapes: dict[str, tuple[int, ...]]) -> list[TensorInfo]:
-    """The matrices one 3-D tensor holds; none when it is not a weight these rules know."""
+    """The matrices one 3-D tensor holds (the vectors of a stacked expert bias); none when these rules do not
+    know it."""
+    if len(info.shape) == 2:
+        return _per_expert(info, info.shape[1:])
     heads = _HEADS.search(info.name)
     if heads:
         return [_joined_heads(info, heads.group(1))]
     if _GATE_UP.search(info.name):
-        return _gate_up(info, shapes.get(info.name.removesuffix("gate_up_proj") + "down_proj"))
+        return _gate_up(info, shapes.get(info.name.removesuffix("gate_up_proj") + "down_proj"), info.halves)
     if _EXPERTS.search(info.name):
         return _per_expert(info, info.shape[1:])
     return []
@@ -84,14 +106,23 @@ def _joined_heads(info: TensorInfo, which: str) -> TensorInfo:
     return _info(f"{info.name}[heads]", shape, info, View(info.name, heads_axis=axis))
 
 
-def _gate_up(info: TensorInfo, down: tuple[int, ...] | None) -> list[TensorInfo]:
-    """Gate and up halves per expert in the ``[E, 2I, H]`` layout; one fused matrix each otherwise."""
+def _gate_up(info: TensorInfo, down: tuple[int, ...] | None, halves: str | None) -> list[TensorInfo]:
+    """Gate and up halves per expert: rows in the ``[E, 2I, H]`` layout (concatenated unless ``halves`` says
+    otherwise), columns in ``[E, H, 2I]`` when ``halves`` is known; one fused matrix per expert otherwise."""
     experts, rows, cols = info.shape
-    if down is None or len(down) != 3 or not (cols == down[1] and rows == 2 * down[2]):
+    if down is None or len(down) != 3:
         return _per_expert(info, (rows, cols))
-    half = rows // 2
-    return [_info(f"{info.name}[{e}].{part}", (half, cols), info, View(info.name, e, start))
-            for e in range(experts) for part, start in (("gate", 0), ("up", half))]
+    if cols == down[1] and rows == 2 * down[2]:
+        axis, halves = 0, halves or "concatenated"
+    elif rows == down[2] and cols == 2 * down[1] and halves is not None:
+        axis = 1
+    else:
+        return _per_expert(info, (rows, cols))
+    size = info.shape[1 + axis] // 2
+    shape = (size, cols) if axis == 0 else (rows, size)
+    starts, step = ((0, 1), 2) if halves == "interleaved" else ((0, size), 1)
+    return [_info(f"{info.name}[{e}].{part}", shape, info, View(info.name, e, start, axis=axis, step=step))
+            for e in range(experts) for part, start in zip(("gate", "up"), starts)]
 
 
 def _per_expert(info: TensorInfo, shape: tuple[int, ...]) -> list[TensorInfo]:

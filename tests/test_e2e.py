@@ -71,11 +71,13 @@ def browser():
         b.close()
 
 
+DRAWN = "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(d => d.querySelector('.main-svg'))"
+
+
 def charts(page, at_least: int) -> int:
     """Wait until ``at_least`` plotly charts have drawn their SVG; return how many there are."""
-    drawn = "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(d => d.querySelector('.main-svg'))"
-    page.wait_for_function(f"{drawn}.length >= {at_least}", timeout=60_000)
-    return page.evaluate(f"{drawn}.length")
+    page.wait_for_function(f"{DRAWN}.length >= {at_least}", timeout=60_000)
+    return page.evaluate(f"{DRAWN}.length")
 
 
 @pytest.mark.parametrize("path", list(PAGES))
@@ -125,4 +127,44 @@ def test_a_link_with_query_parameters_opens_the_page_on_its_filters(app_url, bro
     charts(page, 1)
     kinds = page.locator("[data-testid='stMultiSelect']").filter(has_text="Kinds").first.inner_text()
     assert "fc_in" in kinds.split() and "kinds=" not in page.url
+    page.close()
+
+
+# ---------------------------------------------------------------- Compare
+
+
+def _titles(page, count: int) -> list[str]:
+    """Wait until ``count`` plotly charts have drawn their SVG; return their titles as drawn, in page order."""
+    page.wait_for_function(f"{DRAWN}.length >= {count}", timeout=60_000)
+    return page.evaluate(f"{DRAWN}.map(d => d.querySelector('.gtitle').textContent)")
+
+
+def _shot(page, name: str) -> None:
+    """The whole page: the viewport is tall enough for every section (Streamlit scrolls inside, not the page)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_compare_page_draws_a_base_against_its_fine_tune(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 3000})
+    page.goto(f"{app_url}/compare")
+    titles = _titles(page, 3)
+    assert titles[0] == "Δ alpha = code-full − all-MiniLM-L6-v2, by layer and kind"
+    assert titles[1].endswith("singular values by rank") and titles[2].startswith("intruders of code-full")
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.get_by_text("no sparsity job pairs all-MiniLM-L6-v2 and code-full").count() == 1
+    _shot(page, "compare")
+    page.close()
+
+
+def test_compare_page_from_a_link_shows_two_tasks_angles(app_url, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 3000})
+    page.goto(f"{app_url}/compare?a=sentiment-full&b=topic-full&metric=stable_rank")
+    titles = _titles(page, 3)
+    assert titles[0] == "Δ stable rank = topic-full − sentiment-full, by layer and kind"
+    assert titles[2].startswith("overlap of the updates sentiment-full")
+    boxes = page.locator("[data-testid='stSelectbox'] input")  # A, B, metric, then the matrix
+    assert [boxes.nth(k).input_value() for k in range(3)] == ["sentiment-full", "topic-full", "stable_rank"]
+    assert "a=sentiment-full" in page.url and "b=topic-full" in page.url
+    _shot(page, "compare-from-link")
     page.close()

@@ -47,6 +47,28 @@ def _qwen3_moe() -> torch.nn.Module:
 MODELS = {"mixtral": _mixtral, "qwen3_moe": _qwen3_moe}
 
 
+def _gpt_oss() -> torch.nn.Module:
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    torch.manual_seed(2)
+    return GptOssForCausalLM(GptOssConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=20, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_local_experts=EXPERTS, num_experts_per_tok=2))
+
+
+def _llama4() -> torch.nn.Module:
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    torch.manual_seed(3)
+    return Llama4ForCausalLM(Llama4TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=20, intermediate_size_mlp=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=EXPERTS,
+        num_experts_per_tok=1, interleave_moe_layer_step=1))
+
+
+TRANSPOSED = {"gpt_oss": (_gpt_oss, "mlp"), "llama4": (_llama4, "feed_forward")}
+
+
 def _write_fused(state: dict[str, torch.Tensor], folder: Path) -> Path:
     """The model's parameters as it holds them (fused 3-D experts), as an HF folder."""
     folder.mkdir(parents=True)
@@ -116,6 +138,49 @@ def test_fused_experts_equal_the_same_experts_stored_per_expert(tmp_path, arch):
     assert len(pairs) == len(routed[0])
     for row in pairs.itertuples():
         torch.testing.assert_close(_sigmas(tables[0][1], row.tensor_fused), _sigmas(tables[1][1], row.tensor_split))
+
+
+def _columns_as_used(experts: torch.nn.Module) -> tuple[list[int], list[int]]:
+    """Which columns of an expert's ``[H, 2I]`` gate_up matrix make its gate and which its up, as the model
+    splits them: probed through gpt-oss's own ``_apply_gate`` (a zero gate silences an output whatever its
+    up), or Llama 4's ``gate_up.chunk(2, dim=-1)`` (``Llama4TextExperts.forward``)."""
+    width = experts.gate_up_proj.shape[-1]
+    if not hasattr(experts, "_apply_gate"):
+        return list(range(width // 2)), list(range(width // 2, width))
+    eye = torch.eye(width)
+    with torch.no_grad():
+        gates = [int(column) for column in experts._apply_gate(eye).ne(0).T.float().argmax(dim=1)]
+        opened = eye[gates].sum(dim=0)
+        moved = (experts._apply_gate(opened + eye) - experts._apply_gate(opened)).abs().gt(1e-3)  # not rounding
+    ups = [next(j for j in moved[:, k].nonzero().flatten().tolist() if j not in gates) for k in range(width // 2)]
+    return gates, ups
+
+
+@pytest.mark.parametrize("arch", TRANSPOSED)
+def test_transposed_gate_up_is_split_where_its_model_type_splits_it(tmp_path, arch):
+    build, block = TRANSPOSED[arch]
+    model = build()
+    model.save_pretrained(tmp_path / arch)  # stays fused [E, H, 2I]; config.json names the model type
+    ckpt = open_checkpoints(tmp_path / arch)[0]
+    assert ckpt.tensors_by_name()[f"model.layers.1.{block}.experts.gate_up_proj"].shape == (EXPERTS, 32, 40)
+    matrices, values = _spectra(tmp_path / arch, tmp_path / "S")
+    experts = matrices[matrices["expert"].notna()]
+    assert set(experts["kind"]) == {"gate", "up", "down"}
+    assert experts.groupby(["layer", "kind"]).size().eq(EXPERTS).all()
+    fused = getattr(model.model.layers[1], block).experts
+    gates, ups = _columns_as_used(fused)
+    names = experts[experts["layer"] == 1].set_index(["expert", "kind"])["tensor"]
+    for e in range(EXPERTS):
+        stored = fused.gate_up_proj[e].detach()
+        for kind, columns in (("gate", gates), ("up", ups)):
+            name = names[(e, kind)]
+            torch.testing.assert_close(ckpt.load(name), stored[:, columns], rtol=0, atol=0)
+            torch.testing.assert_close(_sigmas(values, name), torch.linalg.svdvals(stored[:, columns].double()),
+                                       rtol=1e-4, atol=1e-6)
+    (tmp_path / arch / "config.json").write_text('{"model_type": "unknown_moe"}')  # halves unknown: kept whole
+    matrices, _ = _spectra(tmp_path / arch, tmp_path / "S2")
+    experts = matrices[matrices["expert"].notna()]
+    assert experts.groupby("kind").size().to_dict() == {"down": 2 * EXPERTS, "gate_up": 2 * EXPERTS}
 
 
 def test_intruders_between_fused_moe_checkpoints_report_each_expert(tmp_path):
@@ -198,7 +263,10 @@ def test_select_cuts_known_3d_tensors_and_skips_the_rest():
              TensorInfo("layers.0.mlp.experts.ids", (2, 5, 4), "int64"),
              TensorInfo("conv.weight", (4, 3, 3), "float32"),
              TensorInfo("gpt_oss.mlp.experts.gate_up_proj", (2, 5, 8), "float32"),
-             TensorInfo("gpt_oss.mlp.experts.down_proj", (2, 4, 5), "float32")]
+             TensorInfo("gpt_oss.mlp.experts.down_proj", (2, 4, 5), "float32"),
+             TensorInfo("oss.mlp.experts.gate_up_proj", (1, 5, 8), "float32", halves="interleaved"),
+             TensorInfo("oss.mlp.experts.down_proj", (1, 4, 5), "float32"),
+             TensorInfo("oss.mlp.experts.down_proj_bias", (1, 5), "float32")]
     taken, skipped = select_matrices(infos)
     assert [(i.name, i.shape) for i in taken] == [
         ("layers.0.mlp.experts.gate_up_proj[0].gate", (4, 5)), ("layers.0.mlp.experts.gate_up_proj[0].up", (4, 5)),
@@ -206,8 +274,12 @@ def test_select_cuts_known_3d_tensors_and_skips_the_rest():
         ("layers.0.mlp.experts.down_proj[0]", (5, 4)), ("layers.0.mlp.experts.down_proj[1]", (5, 4)),
         # the transposed layout: halves interleaved or not depending on the model, so kept whole
         ("gpt_oss.mlp.experts.gate_up_proj[0]", (5, 8)), ("gpt_oss.mlp.experts.gate_up_proj[1]", (5, 8)),
-        ("gpt_oss.mlp.experts.down_proj[0]", (4, 5)), ("gpt_oss.mlp.experts.down_proj[1]", (4, 5))]
-    assert [i.name for i in skipped] == ["layers.0.mlp.experts.ids", "conv.weight"]
+        ("gpt_oss.mlp.experts.down_proj[0]", (4, 5)), ("gpt_oss.mlp.experts.down_proj[1]", (4, 5)),
+        # … split when the model type says how (here gpt-oss's interleaved columns)
+        ("oss.mlp.experts.gate_up_proj[0].gate", (5, 4)), ("oss.mlp.experts.gate_up_proj[0].up", (5, 4)),
+        ("oss.mlp.experts.down_proj[0]", (4, 5))]
+    assert [(i.name, i.shape) for i in skipped] == [("layers.0.mlp.experts.ids", (2, 5, 4)), ("conv.weight", (4, 3, 3)),
+                                                    ("oss.mlp.experts.down_proj_bias[0]", (5,))]
 
 
 NAMES = {  # name → (layer, kind, expert)

@@ -51,10 +51,31 @@ CASES = {
     "bert.encoder.layer.1.attention.output.LayerNorm.weight": (1, "other"),
     "bert.embeddings.word_embeddings.weight": (None, "embed"),
     "embeddings.position_embeddings.weight": (None, "pos_embed"),
-    "bert.pooler.dense.weight": (None, "other"),
-    # T5 and TransformerLens
+    "bert.embeddings.token_type_embeddings.weight": (None, "embed"),
+    "bert.pooler.dense.weight": (None, "head"),
+    "cls.predictions.transform.dense.weight": (None, "head"),
+    "lm_head.dense.weight": (None, "head"),  # RoBERTa's masked-LM transform, not the unembedding
+    "classifier.out_proj.weight": (None, "head"),
+    "score.weight": (None, "head"),
+    # Phi-3 (fused 2-D qkv and gate-up)
+    "model.layers.4.self_attn.qkv_proj.weight": (4, "qkv"),
+    "model.layers.4.mlp.gate_up_proj.weight": (4, "gate_up"),
+    # DeepSeek-V2/V3 multi-head latent attention
+    "model.layers.3.self_attn.q_a_proj.weight": (3, "q_a"),
+    "model.layers.3.self_attn.q_a_layernorm.weight": (3, "other"),
+    "model.layers.3.self_attn.q_b_proj.weight": (3, "q_b"),
+    "model.layers.3.self_attn.kv_a_proj_with_mqa.weight": (3, "kv_a"),
+    "model.layers.3.self_attn.kv_b_proj.weight": (3, "kv_b"),
+    # T5 (self- and cross-attention, gated and plain feed-forward) and TransformerLens
     "encoder.block.2.layer.0.SelfAttention.q.weight": (2, "q"),
+    "decoder.block.0.layer.1.EncDecAttention.k.weight": (0, "k"),
+    "decoder.block.0.layer.1.EncDecAttention.o.weight": (0, "o"),
+    "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (0, "pos_embed"),
+    "encoder.block.1.layer.1.DenseReluDense.wi.weight": (1, "fc_in"),
+    "encoder.block.1.layer.1.DenseReluDense.wi_0.weight": (1, "gate"),
+    "encoder.block.1.layer.1.DenseReluDense.wi_1.weight": (1, "up"),
     "decoder.block.1.layer.2.DenseReluDense.wo.weight": (1, "fc_out"),
+    "shared.weight": (None, "embed"),
     "blocks.4.mlp.W_in": (4, "fc_in"),
     # Unknown
     "foo.bar": (None, "other"),

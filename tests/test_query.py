@@ -133,6 +133,45 @@ def test_a_filter_on_a_job_constant_opens_only_that_jobs_file(tmp_path, monkeypa
     assert opened[-1] == 40  # tensor is not constant within a job: every file is scanned
 
 
+def test_a_column_null_in_every_row_is_a_constant_that_prunes(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    for k in range(6):  # three jobs of one run, three single checkpoints (run null)
+        run = "r" if k < 3 else None
+        store.write("spectra", f"job{k}", {"matrices": pd.DataFrame({"checkpoint": f"c{k}", "run": [run] * 2,
+                                                                     "alpha": [1.0, 2.0]})}, {})
+    opened = _count_files(monkeypatch)
+    assert sorted(store.table("spectra", "matrices", {"run": None})["checkpoint"].unique()) == ["c3", "c4", "c5"]
+    assert opened[-1] == 3
+    assert sorted(store.table("spectra", "matrices", {"run": ["r", None]})["checkpoint"].unique()) == [
+        f"c{k}" for k in range(6)]
+    assert store.table("spectra", "matrices", {"run": "r"})["checkpoint"].nunique() == 3 and opened[-1] == 3
+
+
+def test_distinct_reads_constants_off_the_manifests(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    for k in range(5):  # run constant per job; "kind" varies within a job
+        run = None if k == 4 else f"run-{k % 2}"
+        store.write("spectra", f"job{k}", {"matrices": pd.DataFrame({"run": [run] * 2, "kind": ["q", f"k{k}"]})}, {})
+    opened = _count_files(monkeypatch)
+    assert query.distinct(store, "spectra", "matrices", "run") == [None, "run-0", "run-1"] and opened == []
+    want = sorted(store.table("spectra", "matrices")["kind"].unique())
+    opened.clear()
+    assert query.distinct(store, "spectra", "matrices", "kind") == want and opened == [5]
+    assert query.distinct(store, "spectra", "matrices", "nope") == [None]
+    assert query.distinct(store, "nothing", "matrices", "run") is None
+
+
+def test_distinct_matches_the_full_read_on_the_demo_store(demo):
+    for analysis, table in _tables(demo):
+        frame = demo.table(analysis, table)
+        for column in ("run", "checkpoint", "kind"):
+            if column in frame:
+                want = sorted(frame[column].dropna().unique(), key=str)
+                got = query.distinct(demo, analysis, table, column)
+                assert [v for v in got if v is not None] == want, (analysis, table, column)
+                assert (None in got) == bool(frame[column].isna().any()), (analysis, table, column)
+
+
 def test_columns_differing_in_type_across_jobs_unify(tmp_path):
     store = Store(tmp_path)
     store.write("x", "a", {"t": pd.DataFrame({"k": [1, 2], "run": [None, None]})}, {})

@@ -3,20 +3,21 @@
 import streamlit as st
 
 from subspace_atlas import charts
-from common import csv_download, existing_store, show, table, table_or_stop
+from common import csv_download, distinct, existing_store, show, table, table_or_stop
 from links import choose, slide
 
 store = existing_store()
 st.title("Singular-value spectra")
-matrices = table_or_stop(store, "spectra", "matrices", "spectra", "subspace-atlas spectra CKPT")
 
 MODELS = "single checkpoints"
-runs = sorted(matrices["run"].dropna().unique())
-groups = ([MODELS] if matrices["run"].isna().any() else []) + runs
+runs = distinct(store, "spectra", "matrices", "run") or []  # off the manifests: no job's rows are read for it
+groups = ([MODELS] if None in runs else []) + sorted(r for r in runs if r is not None)
 left, mid, right = st.columns([3, 2, 2])
 group = choose(left.selectbox, "Group", groups, key="spectra_group", url="group",
                help="Checkpoints that are not part of a run, or one run's checkpoints over training.")
-in_group = matrices[matrices["run"].isna()] if group == MODELS else matrices[matrices["run"] == group]
+# Only the chosen group's jobs are read: one run of a 1,000-job sweep opens its own files, not all of them.
+in_group = table_or_stop(store, "spectra", "matrices", "spectra", "subspace-atlas spectra CKPT",
+                         run=None if group in (MODELS, None) else group)
 checkpoints = charts.in_step_order(in_group)
 chosen = choose(left.multiselect, "Checkpoints", checkpoints, default=checkpoints, key=f"spectra_checkpoints:{group}",
                 url="checkpoints")
@@ -53,7 +54,8 @@ with density:
     tensor = choose(c2.selectbox, "Matrix", names, key="spectra_esd_tensor", url="matrix")
     row = view[(view["checkpoint"] == ckpt) & (view["tensor"] == tensor)].iloc[0]
     # Only this matrix's singular values, at the chosen checkpoints: never the whole values table.
-    compare = table(store, "spectra", "values", tensor=tensor, checkpoint=sorted(set(chosen) | {ckpt}))
+    compare = table(store, "spectra", "values", ["checkpoint", "index", "sigma"], tensor=tensor,
+                    checkpoint=sorted(set(chosen) | {ckpt}))
     sigma = compare.loc[compare["checkpoint"] == ckpt, "sigma"].to_numpy()
     show(charts.esd_with_fit(sigma, row), key="esd")
     show(charts.singular_value_curves(compare[compare["checkpoint"].isin(chosen)],
