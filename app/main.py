@@ -10,6 +10,7 @@ import streamlit as st
 
 from common import configured_store, current_store, read_only
 from hosting import export_buttons, signed_in
+from subspace_atlas import analysis
 
 st.set_page_config(page_title="Subspace Atlas", layout="wide")
 
@@ -22,12 +23,8 @@ if not read_only():
 
 pages = [
     st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-    st.Page("views/spectra.py", title="Spectra", icon=":material/ssid_chart:"),
-    st.Page("views/intruders.py", title="Intruders", icon=":material/call_split:"),
-    st.Page("views/sparsity.py", title="Sparsity", icon=":material/grain:"),
-    st.Page("views/angles.py", title="Task angles", icon=":material/architecture:"),
-    st.Page("views/overlap.py", title="Training dynamics", icon=":material/timeline:"),
-    st.Page("views/patching.py", title="Activation patching", icon=":material/swap_horiz:"),
+    *(st.Page(spec.page.path, title=spec.page.title, icon=spec.page.icon)
+      for spec in analysis.SPECS.values() if spec.page),  # every registered analysis's page, in registry order
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]
 if not read_only():

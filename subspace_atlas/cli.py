@@ -1,7 +1,8 @@
-"""``subspace-atlas``: one subcommand per registered analysis, plus ``demo`` and ``info``.
+"""``subspace-atlas``: one subcommand per registered analysis, plus ``demo``, ``scan``, ``report`` and ``info``.
 
-Analysis flags are generated from each spec's ``Params`` dataclass (name, type, default, help),
-so adding an analysis adds its subcommand. Bad input ends in one ``subspace-atlas: error: …`` line
+Analysis flags are generated from each spec's ``params`` dataclass (name, type, default, help) and its kind
+(``--base`` for a paired analysis, ``--start`` for a run, ``--task``/``--model`` for a probe), so registering
+an analysis adds its subcommand. Bad input ends in one ``subspace-atlas: error: …`` line
 and exit code 2; whatever was already stored stays. Building the parser, ``info`` and a rerun whose
 jobs are all stored import no torch: runners and the device come in only when there is work.
 """
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from subspace_atlas import analysis
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.options import check_device_spec
-from subspace_atlas.specs import patching as patching_spec
+from subspace_atlas.specs import Analysis, PairedAnalysis, ProbeAnalysis, RunAnalysis, load
 
 if TYPE_CHECKING:
     import torch
@@ -82,23 +83,11 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="subspace-atlas", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, spec in analysis.SPECS.items():
-        p = sub.add_parser(name, help=spec.DESCRIPTION, description=spec.DESCRIPTION)
-        p.add_argument("checkpoints", nargs="+", metavar="CKPT",
-                       help="checkpoint file or folder, or a run folder of checkpoints"
-                            + (" (fine-tunes: full state dicts or PEFT LoRA adapter folders)"
-                               if getattr(spec, "PAIRED", False) else ""))
-        if getattr(spec, "PAIRED", False):
-            p.add_argument("--base", required=True, metavar="CKPT", help="the pretrained checkpoint they start from")
-        if getattr(spec, "RUN", False):
-            p.add_argument("--start", metavar="CKPT",
-                           help="the checkpoint the run started from (e.g. the pretrained base), put first at step 0")
-        if getattr(spec, "CROSS_TABLES", ()):
-            p.add_argument("--no-overlap", action="store_true",
-                           help=f"skip the {', '.join(spec.CROSS_TABLES)} table(s) comparing every two checkpoints")
-        _add_common(p)
-        _add_params(p, spec.Params)
-        p.set_defaults(handler=_run_analysis, analysis=name)
+    for spec in analysis.SPECS.values():
+        if isinstance(spec, ProbeAnalysis):
+            _add_probe(sub, spec)
+        else:
+            _add_analysis(sub, spec)
     demo = sub.add_parser("demo", help="build the demo zoo, then every analysis over it into the demo store")
     demo.add_argument("--store", default=None, help="where to write (default: data/demo-store)")
     demo.add_argument("--zoo", default=None, help="where the zoo's runs go (default: data/zoo, git-ignored)")
@@ -114,31 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--threads", type=int, default=None, help="torch CPU threads while training (default 1)")
     zoo.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     zoo.set_defaults(handler=_run_zoo)
-    patch = sub.add_parser("patch", help="activation patching along a subspace: is it real or an illusion?",
-                           description="Find a direction at a site (DAS, difference of means, probe, gradient), "
-                                       "patch it and its parts inside / outside what reads the site downstream, "
-                                       "and judge it faithful, illusory or inconclusive.")
-    patch.add_argument("--model", metavar="[NAME=]PATH",
-                       help="a local HF causal-LM folder (config, weights, tokenizer); not for --task toy")
-    patch.add_argument("--task", choices=["ioi", "toy"], default="ioi",
-                       help="ioi: paired IOI prompts; toy: the distilled illusion example (default: ioi)")
-    patch.add_argument("--site", nargs="+", default=["mlp_hidden"], choices=["mlp_hidden", "resid_post"])
-    patch.add_argument("--layer", nargs="+", type=int, default=[0], help="one or more layers")
-    patch.add_argument("--method", nargs="+", default=["das"],
-                       choices=["das", "mean_diff", "probe", "gradient", "planted_faithful", "planted_illusory"],
-                       help="one or more; planted_* only with --task toy")
-    patch.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
-    patch.add_argument("--device", default="auto")
-    patch.add_argument("--force", action="store_true")
-    _add_params(patch, patching_spec.Params, skip=("site", "layer", "method"))
-    patch.set_defaults(handler=_run_patch)
     scan = sub.add_parser("scan", help="find every checkpoint, run and adapter under a folder; run every analysis",
                           description="Spectra of every checkpoint, overlap per run, intruders and angles for "
                                       "PEFT adapters against their recorded base, and whatever atlas-scan.json "
                                       "adds (see the README); jobs the store holds are skipped.")
     scan.add_argument("folder")
     scan.add_argument("--analyses", nargs="+", default=None, metavar="NAME",
-                      help="only these (spectra overlap intruders sparsity angles; default: all)")
+                      help=f"only these ({' '.join(spec.name for spec in analysis.batch_specs())}; default: all)")
     scan.add_argument("--dry-run", action="store_true", help="print the plan and what the store holds; compute nothing")
     scan.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     scan.add_argument("--device", default="auto")
@@ -149,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="The store's main figures at the app's default choices, one file that "
                                         "opens offline in any browser. Needs the `app` extra (plotly).")
     report.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    reported = " ".join(spec.name for spec in analysis.SPECS.values() if spec.report)
     report.add_argument("--page", nargs="+", default=None, metavar="PAGE",
-                        help="only these pages: overview spectra intruders sparsity angles overlap patching "
-                             "(default: every page with results)")
+                        help=f"only these pages: overview {reported} (default: every page with results)")
     report.add_argument("-o", "--output", default="atlas-report.html", help="the HTML file to write")
     report.set_defaults(handler=_run_report)
     _store_command(sub, "info", _run_info, "what a store holds: analyses, jobs, checkpoints")
@@ -166,6 +137,46 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true", help="remove broken jobs and leftovers")
     verify.add_argument("--quick", action="store_true", help="check files' footers only, not every page")
     return parser
+
+
+def _add_analysis(sub, spec: Analysis) -> None:
+    """The subcommand of an analysis over checkpoints: its inputs by kind, the common flags, its params."""
+    paired = isinstance(spec, PairedAnalysis)
+    p = sub.add_parser(spec.command, help=spec.description, description=spec.description)
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint file or folder, or a run folder of checkpoints"
+                        + (" (fine-tunes: full state dicts or PEFT LoRA adapter folders)" if paired else ""))
+    if paired:
+        p.add_argument("--base", required=True, metavar="CKPT", help="the pretrained checkpoint they start from")
+    if isinstance(spec, RunAnalysis):
+        p.add_argument("--start", metavar="CKPT",
+                       help="the checkpoint the run started from (e.g. the pretrained base), put first at step 0")
+    if paired and spec.cross_tables:
+        p.add_argument("--no-overlap", action="store_true",
+                       help=f"skip the {', '.join(spec.cross_tables)} table(s) comparing every two checkpoints")
+    _add_common(p)
+    _add_params(p, spec.params)
+    p.set_defaults(handler=_run_analysis, analysis=spec.name)
+
+
+def _add_probe(sub, spec: ProbeAnalysis) -> None:
+    """The subcommand of a probe: ``--task``, ``--model``, several values for each ``sweep`` field, its params."""
+    p = sub.add_parser(spec.command, help=spec.description, description=spec.description)
+    p.add_argument("--model", metavar="[NAME=]PATH", help="a local HF model folder (config, weights, tokenizer), "
+                                                          f"for --task {' or '.join(spec.model_tasks)}")
+    if spec.tasks:
+        p.add_argument("--task", choices=spec.tasks, default=spec.tasks[0], help=f"default: {spec.tasks[0]}")
+    fields = {f.name: f for f in dataclasses.fields(spec.params)}
+    for name in spec.sweep:
+        f = fields[name]
+        p.add_argument(f"--{name.replace('_', '-')}", nargs="+", type=type(f.default), default=[f.default],
+                       choices=f.metadata.get("choices"), help=f"{f.metadata.get('help', '')}; one or more "
+                                                               f"(default: {f.default})".replace("%", "%%"))
+    p.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true")
+    _add_params(p, spec.params, skip=spec.sweep)
+    p.set_defaults(handler=_run_probe, analysis=spec.name)
 
 
 def _store_command(sub, name: str, handler, summary: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -183,9 +194,9 @@ def _run_analysis(args: argparse.Namespace) -> int:
 
     spec = analysis.SPECS[args.analysis]
     try:
-        params = spec.Params(**_param_values(args, spec.Params))
+        params = spec.params(**_param_values(args, spec.params))
     except ValueError as err:
-        raise AtlasError(f"{spec.NAME}: {err}") from err
+        raise AtlasError(f"{spec.name}: {err}") from err
     check_device_spec(args.device)
     checkpoints = [c for arg in args.checkpoints for c in open_checkpoints(*_named(arg))]
     base = open_one(*_named(args.base), flag="--base") if getattr(args, "base", None) else None
@@ -198,9 +209,9 @@ def _run_analysis(args: argparse.Namespace) -> int:
         store.ensure_writable()  # a read-only, full or unreachable store fails now, not after the compute
     outcome, device = _compute(args, planned, store) if work else (None, None)
     if outcome is None or not outcome.computed:
-        print(f"{spec.NAME}: all {len(planned)} job(s) already in {store.root}; computed nothing")
+        print(f"{spec.name}: all {len(planned)} job(s) already in {store.root}; computed nothing")
     else:
-        print(f"{spec.NAME}: computed {len(outcome.computed)} job(s), {outcome.matrices} matrices "
+        print(f"{spec.name}: computed {len(outcome.computed)} job(s), {outcome.matrices} matrices "
               f"in {outcome.seconds:.2f} s on {device}; {len(outcome.skipped)} already stored → {store.root}")
     return 0
 
@@ -250,7 +261,7 @@ def _run_scan(args: argparse.Namespace) -> int:
     from subspace_atlas.store import Store
 
     store = Store(args.store)
-    found = scan.plan(args.folder, tuple(args.analyses) if args.analyses else scan.ALL)
+    found = scan.plan(args.folder, tuple(args.analyses) if args.analyses else None)
     groups, failed = found.groups, list(found.failed)
     if not groups:
         print(f"scan: nothing to analyse under {args.folder}")
@@ -297,19 +308,20 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_patch(args: argparse.Namespace) -> int:
+def _run_probe(args: argparse.Namespace) -> int:
     from subspace_atlas import linalg
-    from subspace_atlas.probes import patching
     from subspace_atlas.store import Store
 
-    fixed = _param_values(args, patching_spec.Params, skip=("site", "layer", "method"))
-    if args.task == "ioi" and not args.model:
-        raise AtlasError("patch --task ioi needs --model PATH (a local HF causal-LM folder)")
-    path, name = _named(args.model) if args.task == "ioi" else (None, None)
-    computed, skipped = patching.run_jobs(Store(args.store), args.task, path, args.site, args.layer, args.method,
-                                          fixed, str(linalg.resolve_device(args.device)), force=args.force,
-                                          name=name)
-    print(f"patch: computed {computed} job(s), {skipped} already stored → {args.store}")
+    spec = analysis.SPECS[args.analysis]
+    task = getattr(args, "task", "")
+    fixed = _param_values(args, spec.params, skip=spec.sweep)
+    needs_model = task in spec.model_tasks
+    if needs_model and not args.model:
+        raise AtlasError(f"{spec.command} --task {task} needs --model PATH (a local HF model folder)")
+    path, name = _named(args.model) if needs_model else (None, None)
+    computed, skipped = load(spec.compute)(Store(args.store), task, path, *(getattr(args, n) for n in spec.sweep),
+                                           fixed, str(linalg.resolve_device(args.device)), force=args.force, name=name)
+    print(f"{spec.command}: computed {computed} job(s), {skipped} already stored → {args.store}")
     return 0
 
 

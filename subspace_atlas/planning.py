@@ -2,10 +2,10 @@
 
 A job is one analysis over one checkpoint with one set of params; its fingerprint hashes the
 analysis, params, the checkpoint's content identity, the tensor selection and the schema version.
-A paired analysis (``PAIRED = True``: intruders, sparsity …) compares each checkpoint with a base;
-the base's identity joins the fingerprint. A paired analysis with ``CROSS_TABLES`` also compares
-fine-tunes with each other: every two checkpoints of a plan get a cross job of their own (its rows:
-those tables), so adding a checkpoint later computes only its new pairs. ``GROUP_TABLES`` hold what
+A ``PairedAnalysis`` (intruders, sparsity …) compares each checkpoint with a base; the base's identity
+joins the fingerprint. A paired analysis with ``cross_tables`` also compares fine-tunes with each
+other: every two checkpoints of a plan get a cross job of their own (its rows: those tables), so
+adding a checkpoint later computes only its new pairs. ``group_tables`` hold what
 depends on the whole set of checkpoints (e.g. alignment with their summed update): one group job per
 plan, keyed by all of them. ``jobs`` runs what is planned here.
 """
@@ -16,10 +16,10 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from subspace_atlas.checkpoints import Checkpoint
 from subspace_atlas.errors import AtlasError, first_line
+from subspace_atlas.specs import Analysis, PairedAnalysis, RunAnalysis
 from subspace_atlas.store import Store, fingerprint
 
 
@@ -27,7 +27,7 @@ from subspace_atlas.store import Store, fingerprint
 class Job:
     """One analysis over one checkpoint (or two, a group, a run) with one set of params, fingerprinted."""
 
-    spec: ModuleType  # the analysis's spec (``subspace_atlas.specs.<name>``)
+    spec: Analysis
     checkpoint: Checkpoint
     params: object
     tensors: str  # regex selecting tensor names; "" = all
@@ -68,25 +68,25 @@ def first_per_input(failures: Sequence[Failure]) -> list[Failure]:
 
 def pending(jobs: Sequence[Job], store: Store, force: bool = False) -> list[Job]:
     """The jobs still to compute: those the store lacks, or all of them with ``force``."""
-    return [j for j in jobs if force or not store.has(j.spec.NAME, j.fingerprint)]
+    return [j for j in jobs if force or not store.has(j.spec.name, j.fingerprint)]
 
 
-def plan(spec: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
+def plan(spec: Analysis, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
          base: Checkpoint | None = None, cross: bool = True, start: Checkpoint | None = None) -> list[Job]:
     """One job per checkpoint, fingerprinted (reads file headers and a few sampled bytes only).
 
-    For a spec with ``CROSS_TABLES``, also one job per two checkpoints unless ``cross`` is False.
-    A ``RUN`` spec gets one job per run instead (see ``plan_runs``).
+    For a spec with ``cross_tables``, also one job per two checkpoints unless ``cross`` is False.
+    A ``RunAnalysis`` gets one job per run instead (see ``plan_runs``).
     """
-    if getattr(spec, "RUN", False):
+    if isinstance(spec, RunAnalysis):
         return plan_runs(spec, checkpoints, params, tensors, start)
     if start is not None:
-        raise AtlasError(f"{spec.NAME} takes no --start")
-    paired = getattr(spec, "PAIRED", False)
+        raise AtlasError(f"{spec.name} takes no --start")
+    paired = isinstance(spec, PairedAnalysis)
     if paired and base is None:
-        raise AtlasError(f"{spec.NAME} compares checkpoints with a base model: give --base CKPT")
+        raise AtlasError(f"{spec.name} compares checkpoints with a base model: give --base CKPT")
     if base is not None and not paired:
-        raise AtlasError(f"{spec.NAME} takes no --base")
+        raise AtlasError(f"{spec.name} takes no --base")
     base_identity = base.identity() if base is not None else None
     jobs = []
     for ckpt in checkpoints:
@@ -96,27 +96,27 @@ def plan(spec: ModuleType, checkpoints: Sequence[Checkpoint], params: object, te
         if base is not None:
             inputs |= {"base": base_identity, "base_name": base.name}
         jobs.append(Job(spec, ckpt, params, tensors, identity,
-                        fingerprint(spec.NAME, params, inputs, spec.SCHEMA_VERSION), base, base_identity))
+                        fingerprint(spec.name, params, inputs, spec.schema_version), base, base_identity))
     singles = list(jobs)
-    if cross and getattr(spec, "CROSS_TABLES", ()):
+    if cross and paired and spec.cross_tables:
         for i, a in enumerate(singles):
             for b in singles[i + 1:]:
                 inputs = {"a": a.identity, "b": b.identity, "names": [a.checkpoint.name, b.checkpoint.name],
                           "steps": [a.checkpoint.step, b.checkpoint.step], "runs": [a.checkpoint.run, b.checkpoint.run],
                           "tensors": tensors, "base": base_identity, "base_name": base.name, "cross": True}
                 jobs.append(Job(spec, a.checkpoint, params, tensors, a.identity,
-                                fingerprint(spec.NAME, params, inputs, spec.SCHEMA_VERSION), base, base_identity,
+                                fingerprint(spec.name, params, inputs, spec.schema_version), base, base_identity,
                                 other=b.checkpoint))
-    if getattr(spec, "GROUP_TABLES", ()) and singles:
+    if paired and spec.group_tables and singles:
         inputs = {"members": [[j.identity, j.checkpoint.name, j.checkpoint.step, j.checkpoint.run] for j in singles],
                   "tensors": tensors, "base": base_identity, "base_name": base.name, "group": True}
         jobs.append(Job(spec, singles[0].checkpoint, params, tensors, singles[0].identity,
-                        fingerprint(spec.NAME, params, inputs, spec.SCHEMA_VERSION), base, base_identity,
+                        fingerprint(spec.name, params, inputs, spec.schema_version), base, base_identity,
                         group=tuple(j.checkpoint for j in singles)))
     return jobs
 
 
-def plan_runs(spec: ModuleType, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
+def plan_runs(spec: RunAnalysis, checkpoints: Sequence[Checkpoint], params: object, tensors: str = "",
               start: Checkpoint | None = None) -> list[Job]:
     """One job per run: a run folder's checkpoints, or all loose checkpoints together, in step order.
 
@@ -126,11 +126,11 @@ def plan_runs(spec: ModuleType, checkpoints: Sequence[Checkpoint], params: objec
     runs: dict[str, list[Checkpoint]] = {}
     for ckpt in checkpoints:
         runs.setdefault(ckpt.run or ckpt.path.parent.name, []).append(ckpt)
-    extra = spec.job_inputs(params) if hasattr(spec, "job_inputs") else {}
+    extra = spec.job_inputs(params) if spec.job_inputs else {}
     jobs = []
     for name, members in runs.items():
         if any(c.step is None for c in members) and len(members) > 1 and members[0].run is None:
-            raise AtlasError(f"{spec.NAME}: {', '.join(str(c.path) for c in members if c.step is None)}: no step "
+            raise AtlasError(f"{spec.name}: {', '.join(str(c.path) for c in members if c.step is None)}: no step "
                              "in the name or trainer_state.json; give a run folder (checkpoint-N children) or "
                              "checkpoints whose names carry their steps")
         members = sorted(members, key=lambda c: c.step if c.step is not None else -1)
@@ -139,12 +139,12 @@ def plan_runs(spec: ModuleType, checkpoints: Sequence[Checkpoint], params: objec
                                            name=f"{name}/start:{start.name}")] + members
         members = [dataclasses.replace(c, run=name) for c in members]
         if len(members) < 2:
-            raise AtlasError(f"{spec.NAME}: run {name!r} has one checkpoint ({members[0].path}); "
+            raise AtlasError(f"{spec.name}: run {name!r} has one checkpoint ({members[0].path}); "
                              "comparing over training needs at least two (give a run folder, or --start)")
         identities = [c.identity() for c in members]
         inputs = {"run": name, "members": [[i, c.name, c.step] for i, c in zip(identities, members)],
                   "tensors": tensors} | extra
         jobs.append(Job(spec, members[0], params, tensors, identities[0],
-                        fingerprint(spec.NAME, params, inputs, spec.SCHEMA_VERSION), group=tuple(members),
+                        fingerprint(spec.name, params, inputs, spec.schema_version), group=tuple(members),
                         identities=tuple(identities)))
     return jobs

@@ -1,8 +1,8 @@
 """Self-contained HTML reports for offline sharing: one file, plotly.js inlined once, no network needed.
 
-``store_report(store, pages)`` renders each analysis page's main figures at the app's default choices
-(one section per run, base or model); ``html(title, sections)`` renders any figures, e.g. the ones a
-page of the app is showing with its filters. Needs plotly (the ``app`` extra), not torch or Streamlit.
+``store_report(store, only)`` renders the overview and each registered analysis's ``report`` sections (its
+page's main figures at the app's default choices, one section per run, base or model); ``html(title,
+sections)`` renders any figures, e.g. the ones a page of the app is showing with its filters. Needs plotly (the ``app`` extra), not torch or Streamlit.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 import subspace_atlas
-from subspace_atlas import charts
+from subspace_atlas import analysis, charts
 from subspace_atlas.errors import AtlasError
+from subspace_atlas.specs import load
 from subspace_atlas.store import Store
 
 _STYLE = """
@@ -81,7 +82,7 @@ def _overview(store: Store) -> list[Section]:
     return sections
 
 
-def _spectra(store: Store) -> list[Section]:
+def spectra_sections(store: Store) -> list[Section]:
     matrices = store.table_if_stored("spectra", "matrices")
     if matrices is None:
         return []
@@ -100,7 +101,7 @@ def _spectra(store: Store) -> list[Section]:
     return sections
 
 
-def _intruders(store: Store) -> list[Section]:
+def intruders_sections(store: Store) -> list[Section]:
     summary = store.table_if_stored("intruders", "summary")
     if summary is None:
         return []
@@ -120,7 +121,7 @@ def _intruders(store: Store) -> list[Section]:
                     "table: intruders per checkpoint over every matrix.", table)]
 
 
-def _sparsity(store: Store) -> list[Section]:
+def sparsity_sections(store: Store) -> list[Section]:
     matrices = store.table_if_stored("sparsity", "matrices")
     if matrices is None:
         return []
@@ -137,7 +138,7 @@ def _sparsity(store: Store) -> list[Section]:
     return sections
 
 
-def _angles(store: Store) -> list[Section]:
+def angles_sections(store: Store) -> list[Section]:
     pairs = store.table_if_stored("angles", "pairs")
     if pairs is None:
         return []
@@ -151,7 +152,7 @@ def _angles(store: Store) -> list[Section]:
     return sections
 
 
-def _overlap(store: Store) -> list[Section]:
+def overlap_sections(store: Store) -> list[Section]:
     # Only the pairs the figures draw (each checkpoint against the previous one), not every pair of a long run.
     pairs = store.table_if_stored("overlap", "pairs", where={"previous": True, "side": "left"},
                                   columns=["run", "step_a", "step_b", "tensor", "layer", "kind", "of", "side",
@@ -175,7 +176,7 @@ def _overlap(store: Store) -> list[Section]:
     return sections
 
 
-def _patching(store: Store) -> list[Section]:
+def patching_sections(store: Store) -> list[Section]:
     effects = store.table_if_stored("patching", "effects")
     if effects is None:
         return []
@@ -190,20 +191,20 @@ def _patching(store: Store) -> list[Section]:
     return sections
 
 
-PAGES: dict[str, Callable[[Store], list[Section]]] = {
-    "overview": _overview, "spectra": _spectra, "intruders": _intruders, "sparsity": _sparsity,
-    "angles": _angles, "overlap": _overlap, "patching": _patching,
-}
+def pages() -> dict[str, Callable[[Store], list[Section]]]:
+    """Report page name → its sections: the overview, then every registered analysis with a ``report``."""
+    return {"overview": _overview} | {spec.name: load(spec.report) for spec in analysis.SPECS.values() if spec.report}
 
 
-def store_report(store: Store, pages: Sequence[str] | None = None) -> str:
+def store_report(store: Store, only: Sequence[str] | None = None) -> str:
     """The whole store (or the named pages) as one HTML report; a page with nothing stored is left out."""
-    unknown = sorted(set(pages or ()) - set(PAGES))
+    known = pages()
+    unknown = sorted(set(only or ()) - set(known))
     if unknown:
-        raise AtlasError(f"report: unknown page(s) {', '.join(unknown)}; choose from {', '.join(PAGES)}")
+        raise AtlasError(f"report: unknown page(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     if not store.analyses():
         raise AtlasError(f"{store.root}: empty store, nothing to report")
-    sections = [s for name in (pages or PAGES) for s in PAGES[name](store)]
+    sections = [s for name in (only or known) for s in known[name](store)]
     if not sections:
-        raise AtlasError(f"{store.root}: no results stored for {', '.join(pages or PAGES)}")
+        raise AtlasError(f"{store.root}: no results stored for {', '.join(only or known)}")
     return html("Subspace Atlas report", sections, source=str(store.root))

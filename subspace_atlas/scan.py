@@ -1,12 +1,14 @@
 """``subspace-atlas scan FOLDER``: find every checkpoint, run and adapter under a folder and plan every analysis.
 
-What is found, and what it gets:
+What is found, and what it gets (each registered spec's ``scan`` rule says which it takes):
 
-* every model checkpoint (a weights file, an HF folder, each child of a run folder): ``spectra``;
-* every run folder (``checkpoint-N`` / ``stepN`` … children) with two or more checkpoints: ``overlap``;
-* every PEFT LoRA adapter whose ``adapter_config.json`` names a base folder on this machine: ``intruders``
-  against that base (every checkpoint of an adapter run), and ``angles`` between the adapters sharing a
-  base (a run counts once, by its last checkpoint);
+* every model checkpoint (a weights file, an HF folder, each child of a run folder): ``SCAN_MODELS``
+  (``spectra``);
+* every run folder (``checkpoint-N`` / ``stepN`` … children) with two or more checkpoints: ``SCAN_RUNS``
+  (``overlap``);
+* every PEFT LoRA adapter whose ``adapter_config.json`` names a base folder on this machine, against that
+  base: ``SCAN_ADAPTERS`` every checkpoint of an adapter run (``intruders``), ``SCAN_ADAPTER_FINALS`` the
+  adapters sharing a base, a run counting once by its last checkpoint (``angles``);
 * what a manifest ``atlas-scan.json`` at the folder's top adds (paths relative to it)::
 
       {"pairs": [{"base": "llama-7b", "tuned": ["ft-math", "ft-code", "rl-run"],
@@ -15,7 +17,8 @@ What is found, and what it gets:
        "skip": ["scratch"]}
 
   ``pairs`` say which full fine-tunes (or runs) belong to which base, and which paired analyses to run
-  (default: intruders, angles; add sparsity for same-dtype full fine-tunes); ``runs`` give a run's
+  (default: the paired ones with a scan rule, intruders and angles; add sparsity for same-dtype full
+  fine-tunes); ``runs`` give a run's
   starting checkpoint for ``overlap``; ``skip`` leaves folders out of the scan.
 
 Each planned job is skipped when the store holds it; ``--dry-run`` prints the plan with that status.
@@ -41,13 +44,13 @@ from subspace_atlas.adapters import LoraAdapter, is_adapter, recorded_base
 from subspace_atlas.checkpoints import PICKLES, SAFETENSORS, Checkpoint, open_checkpoints, open_one, read_json
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.planning import Failure
+from subspace_atlas.specs import (SCAN_ADAPTER_FINALS, SCAN_ADAPTERS, SCAN_MODELS, SCAN_RUNS, Analysis,
+                                  PairedAnalysis)
 from subspace_atlas.store import Store
 
 T = TypeVar("T")
 
 MANIFEST = "atlas-scan.json"
-PAIRED_DEFAULT = ("intruders", "angles")
-ALL = ("spectra", "overlap", "intruders", "sparsity", "angles")
 MAX_DEPTH = 64  # folders below the scan root; deeper ones are noted, not walked
 
 
@@ -179,14 +182,29 @@ def read_manifest(root: Path) -> dict:
     if entries is None or not all(isinstance(e, dict) for e in entries) or not all(
             isinstance(s, str) for s in data.get("skip", [])):
         raise AtlasError(f"{path}: \"pairs\" and \"runs\" are lists of objects, \"skip\" a list of folder names")
+    paired = [spec.name for spec in analysis.batch_specs() if isinstance(spec, PairedAnalysis)]
     for pair in data.get("pairs", []):
-        for name in pair.get("analyses", PAIRED_DEFAULT):
-            if name not in ALL or name in ("spectra", "overlap"):
-                raise AtlasError(f"{path}: pair analysis {name!r}; expected intruders, sparsity or angles")
+        for name in pair.get("analyses", paired_default()):
+            if name not in paired:
+                raise AtlasError(f"{path}: pair analysis {name!r}; expected {', '.join(paired[:-1])} or {paired[-1]}")
     return data
 
 
-def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> Plan:
+def names() -> tuple[str, ...]:
+    """Every analysis ``scan`` can plan (the registered ones that read checkpoints), in registry order."""
+    return tuple(spec.name for spec in analysis.batch_specs())
+
+
+def paired_default() -> tuple[str, ...]:
+    """The paired analyses an ``atlas-scan.json`` pair gets unless it names its own: those with a scan rule."""
+    return tuple(spec.name for spec in analysis.batch_specs() if isinstance(spec, PairedAnalysis) and spec.scan)
+
+
+def _by_rule(rule: str) -> list[Analysis]:
+    return [spec for spec in analysis.batch_specs() if spec.scan == rule]
+
+
+def plan(root: str | Path, analyses: tuple[str, ...] | None = None) -> Plan:
     """Every job the folder calls for, grouped as (what, jobs) in run order.
 
     An input that does not open (a checkpoint, a base, a run's start) costs only what needs it: it is in
@@ -195,9 +213,10 @@ def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> Plan:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise AtlasError(f"{root}: no such folder")
-    unknown = set(analyses) - set(ALL)
+    analyses = names() if analyses is None else analyses
+    unknown = set(analyses) - set(names())
     if unknown:
-        raise AtlasError(f"--analyses: unknown {sorted(unknown)}; known: {', '.join(ALL)}")
+        raise AtlasError(f"--analyses: unknown {sorted(unknown)}; known: {', '.join(names())}")
     manifest = read_manifest(root)
     found = discover(root, {root / s for s in manifest.get("skip", [])})
     out = Plan([], found.skipped, found.failed)
@@ -213,33 +232,37 @@ def plan(root: str | Path, analyses: tuple[str, ...] = ALL) -> Plan:
     def add(what: str, name: str, *args, **kwargs) -> None:
         if name in analyses:
             spec = analysis.SPECS[name]
-            jobs = attempt(what, lambda: planning.plan(spec, *args, params=spec.Params(), **kwargs))
+            jobs = attempt(what, lambda: planning.plan(spec, *args, params=spec.params(), **kwargs))
             if jobs is not None:
                 out.groups.append((what, jobs))
 
     if found.models:
-        add(f"spectra of {len(found.models)} checkpoint(s)", "spectra", found.models)
+        for spec in _by_rule(SCAN_MODELS):
+            add(f"{spec.name} of {len(found.models)} checkpoint(s)", spec.name, found.models)
     starts = {Path(os.path.realpath(root / r["path"])): attempt(root / r["start"],
                                                                  partial(open_one, root / r["start"]))
               for r in manifest.get("runs", []) if "start" in r}
     for folder, run in found.runs.items():
         dense = [c for c in run if not is_adapter(c)]
         if len(dense) + (starts.get(folder) is not None) >= 2:
-            add(f"overlap over run {folder.name}", "overlap", dense, start=starts.get(folder))
+            for spec in _by_rule(SCAN_RUNS):
+                add(f"{spec.name} over run {folder.name}", spec.name, dense, start=starts.get(folder))
     for base_path, adapters in found.adapters.items():
         base = attempt(base_path, partial(open_one, base_path))
         if base is None:
             continue
-        add(f"intruders: {len(adapters)} adapter(s) vs {base.name}", "intruders", adapters, base=base)
         finals = list({(c.run or str(c.path)): c for c in adapters}.values())  # a run's task vector: its last
-        add(f"angles: {len(finals)} adapter(s) vs {base.name}", "angles", finals, base=base)
+        for spec in analysis.batch_specs():
+            taken = {SCAN_ADAPTERS: adapters, SCAN_ADAPTER_FINALS: finals}.get(spec.scan)
+            if taken is not None:
+                add(f"{spec.name}: {len(taken)} adapter(s) vs {base.name}", spec.name, taken, base=base)
     for pair in manifest.get("pairs", []):
         base = attempt(root / pair["base"], partial(open_one, root / pair["base"]))
         tuned = [c for t in pair.get("tuned", [])
                  for c in attempt(root / t, partial(open_checkpoints, root / t)) or []]
         if base is None:
             continue
-        for name in pair.get("analyses", PAIRED_DEFAULT):
+        for name in pair.get("analyses", paired_default()):
             add(f"{name}: {len(tuned)} checkpoint(s) vs {base.name}", name, tuned, base=base)
     return out
 
@@ -248,7 +271,7 @@ def describe(groups: list[tuple[str, list[planning.Job]]], store: Store) -> list
     """One line per planned group: how many of its jobs the store already holds."""
     lines = []
     for what, planned in groups:
-        held = sum(store.has(j.spec.NAME, j.fingerprint) for j in planned)
+        held = sum(store.has(j.spec.name, j.fingerprint) for j in planned)
         lines.append(f"{what}: {len(planned)} job(s), {held} stored, {len(planned) - held} to compute")
     return lines
 

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 
+from subspace_atlas import analysis
+
 pytestmark = pytest.mark.app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,8 +135,7 @@ def test_empty_store_explains_itself(monkeypatch, tmp_path):
     assert not at.exception and "No task angles" in at.info[0].value
 
 
-READING_PAGES = ["views/overview.py", "views/spectra.py", "views/intruders.py", "views/sparsity.py", "views/angles.py",
-                 "views/overlap.py", "views/patching.py"]
+READING_PAGES = ["views/overview.py", *(spec.page.path for spec in analysis.SPECS.values() if spec.page)]
 
 
 def _says_no_such_store(at: AppTest, root: Path) -> None:
@@ -313,17 +314,18 @@ def test_compute_page_writes_to_a_user_store_not_the_demo_store(monkeypatch, tmp
 
 
 def test_compute_page_offers_every_registered_analysis(monkeypatch, tmp_path):
-    from subspace_atlas import analysis
+    from subspace_atlas.specs import PairedAnalysis, RunAnalysis
 
     at = _app(monkeypatch, tmp_path / "store").run()
     at.switch_page("views/compute.py").run()
-    assert at.selectbox(key="compute_analysis").options == list(analysis.SPECS)
+    assert at.selectbox(key="compute_analysis").options == [spec.name for spec in analysis.batch_specs()]
     at.text_area(key="compute_paths").set_value("a.safetensors")
-    for name, spec in analysis.SPECS.items():
+    for spec in analysis.batch_specs():
+        name = spec.name
         at.selectbox(key="compute_analysis").set_value(name).run()
         assert not at.exception
-        assert any(c.value == spec.DESCRIPTION for c in at.caption)
-        paired, run = getattr(spec, "PAIRED", False), getattr(spec, "RUN", False)
+        assert any(c.value == spec.description for c in at.caption)
+        paired, run = isinstance(spec, PairedAnalysis), isinstance(spec, RunAnalysis)
         keys = {t.key for t in at.text_input}
         assert ("compute_base" in keys) == paired and ("compute_start" in keys) == run
         if paired:

@@ -16,7 +16,6 @@ import pytest
 import toy_checkpoints as toy
 from subspace_atlas import analysis
 from subspace_atlas.cli import main
-from subspace_atlas.specs import patching as patching_spec
 from subspace_atlas.store import Store
 
 pytestmark = pytest.mark.integration
@@ -73,7 +72,7 @@ def stored(tmp_path_factory, models):
 def test_help_imports_nothing_heavy():
     rc, heavy, out = fresh("--help")
     assert rc == 0 and heavy == []
-    assert all(name in out for name in (*analysis.SPECS, "patch", "scan", "info"))
+    assert all(name in out for name in (*(spec.command for spec in analysis.SPECS.values()), "scan", "info"))
 
 
 def test_info_imports_nothing_heavy(stored):
@@ -115,12 +114,12 @@ def test_a_fully_cached_scan_imports_nothing_heavy(tmp_path, models):
     assert out.endswith(f"scan: computed 0 job(s), 6 already stored → {tmp_path / 'S'}")
 
 
-@pytest.mark.parametrize("name", [*analysis.SPECS, "patch"])
+@pytest.mark.parametrize("name", list(analysis.SPECS))
 def test_each_subcommand_help_lists_its_parameters(capsys, name):
-    params = patching_spec.Params if name == "patch" else analysis.SPECS[name].Params
+    spec = analysis.SPECS[name]
     with pytest.raises(SystemExit) as done:
-        main([name, "--help"])
+        main([spec.command, "--help"])
     out = capsys.readouterr().out
     assert done.value.code == 0
-    for field in dataclasses.fields(params):  # patch's site, layer and method are flags of their own
+    for field in dataclasses.fields(spec.params):  # a probe's sweep fields are flags of their own too
         assert f"--{field.name.replace('_', '-')}" in out, field.name

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 import test_cli  # noqa: E402
 import test_scan  # noqa: E402
-from subspace_atlas import analysis  # noqa: E402
+from subspace_atlas import analysis, scan  # noqa: E402
 from subspace_atlas.store import Store  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.gpu,
@@ -46,11 +46,11 @@ def test_scan_on_cuda_equals_scan_on_cpu(folder, tmp_path, capsys):
     rc, out, err = cli(capsys, "scan", folder, "--store", tmp_path / "gpu", "--device", "cuda")
     assert rc == 0, err
     cpu, gpu = Store(str(tmp_path / "cpu")), Store(str(tmp_path / "gpu"))
-    assert cpu.analyses() == gpu.analyses() == sorted(["spectra", "overlap", "intruders", "angles", "sparsity"])
+    assert cpu.analyses() == gpu.analyses() == sorted(scan.names())
     worst = {}
     for name in cpu.analyses():
         assert (gpu.jobs(name)["device"].str.startswith("cuda")).all(), name
-        for table in analysis.SPECS[name].TABLES:
+        for table in analysis.SPECS[name].tables:
             left, right = cpu.table_if_stored(name, table), gpu.table_if_stored(name, table)
             assert (left is None) == (right is None), (name, table)
             if left is None:

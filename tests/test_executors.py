@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray")
 import test_cli  # noqa: E402
 import test_scan  # noqa: E402
 import toy_checkpoints as toy  # noqa: E402
-from subspace_atlas import analysis, executors  # noqa: E402
+from subspace_atlas import analysis, executors, scan  # noqa: E402
 from subspace_atlas.store import Store  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def assert_same_results(local, remote) -> None:
         ja, jb = (s.jobs(name).sort_values("fingerprint", ignore_index=True) for s in (a, b))
         assert (jb["device"] == "cpu").all()
         pd.testing.assert_frame_equal(ja.drop(columns=PROVENANCE), jb.drop(columns=PROVENANCE))
-        for table in analysis.SPECS[name].TABLES:
+        for table in analysis.SPECS[name].tables:
             left, right = a.table_if_stored(name, table), b.table_if_stored(name, table)
             assert (left is None) == (right is None), (name, table)
             if left is not None:
@@ -73,7 +73,7 @@ def test_scan_on_ray_equals_local(folder, tmp_path, capsys):
     assert cli(capsys, "scan", folder, "--store", tmp_path / "local", "--device", "cpu")[0] == 0
     rc, out, err = cli(capsys, "scan", folder, "--store", tmp_path / "ray", "--executor", "ray")
     assert rc == 0, err
-    assert set(Store(str(tmp_path / "ray")).analyses()) == {"spectra", "overlap", "intruders", "angles", "sparsity"}
+    assert set(Store(str(tmp_path / "ray")).analyses()) == set(scan.names())
     assert_same_results(tmp_path / "local", tmp_path / "ray")
 
     before = snapshot(tmp_path / "ray")

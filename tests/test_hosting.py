@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from subspace_atlas import analysis
+
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = str(ROOT / "app" / "main.py")
 DEMO = ROOT / "data" / "demo-store"
-VIEWS = ["overview", "spectra", "intruders", "sparsity", "angles", "overlap", "patching"]
+VIEWS = ["overview", *(Path(spec.page.path).stem for spec in analysis.SPECS.values() if spec.page)]
 SECRET_FILE = "root:x:0:0"  # what /etc/passwd would leak
 AUTH = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "c" * 32, "client_id": "atlas",
         "client_secret": "secret", "server_metadata_url": "https://login.example.org/.well-known/openid-configuration"}

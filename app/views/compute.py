@@ -18,6 +18,7 @@ import streamlit as st
 from common import DEMO_STORE, current_store, read_only
 from links import choose
 from subspace_atlas import analysis
+from subspace_atlas.specs import PairedAnalysis, RunAnalysis
 from subspace_atlas.store import Store
 
 JOB = "compute_job"  # session state: the running or last job (its process, log file, command, store)
@@ -102,10 +103,11 @@ if _is_demo(session_store):
             "unless you name another. Open it afterwards to see them.", icon=":material/info:")
 st.caption(f"Results go to `{target}`; what is already stored there is skipped; a folder not there yet is created.")
 
-name = choose(st.selectbox, "Analysis", list(analysis.SPECS), key="compute_analysis", url="analysis")
-spec = analysis.SPECS[name]
-st.caption(spec.DESCRIPTION)
-paired, run = getattr(spec, "PAIRED", False), getattr(spec, "RUN", False)
+specs = {spec.name: spec for spec in analysis.batch_specs()}  # every registered analysis over checkpoints
+name = choose(st.selectbox, "Analysis", list(specs), key="compute_analysis", url="analysis")
+spec = specs[name]
+st.caption(spec.description)
+paired, run = isinstance(spec, PairedAnalysis), isinstance(spec, RunAnalysis)
 paths = st.text_area("Checkpoints (one path per line)", key="compute_paths",
                      placeholder="a run folder of checkpoints" if run else
                      "a file, an HF folder or a run folder" + (", or a PEFT LoRA adapter folder" if paired else ""))
@@ -115,7 +117,7 @@ start = st.text_input("Start checkpoint (optional: put first at step 0, e.g. the
                       key="compute_start").strip() if run else ""
 device = choose(st.selectbox, "Device", ["auto", "cpu", "cuda"], key="compute_device", url="device")
 extra = st.text_input("More flags (optional)", key="compute_flags", placeholder="--tensors 'attn' --force",
-                      help=f"Any flags of `subspace-atlas {name} --help`.")
+                      help=f"Any flags of `subspace-atlas {spec.command} --help`.")
 try:
     flags = shlex.split(extra)
 except ValueError as err:
@@ -123,7 +125,7 @@ except ValueError as err:
     st.error(f"More flags: {err}")
 
 checkpoints = [p.strip() for p in paths.splitlines() if p.strip()]
-command = [sys.executable, "-m", "subspace_atlas.cli", name, *checkpoints,
+command = [sys.executable, "-m", "subspace_atlas.cli", spec.command, *checkpoints,
            *(["--base", base] if base else []), *(["--start", start] if start else []),
            "--store", target, "--device", device, *(flags or [])]
 st.code(shlex.join(["subspace-atlas", *command[3:]]), language="bash")

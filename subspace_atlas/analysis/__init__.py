@@ -1,19 +1,44 @@
-"""The analysis registry: name → spec. CLI subcommands, job planning and scan are generated from it.
+"""The analysis registry: name → spec (``subspace_atlas.specs``). Everything that lists analyses loops over it.
 
-A spec (``subspace_atlas.specs.<name>``) declares what an analysis is without importing torch; its
-compute lives in ``subspace_atlas.analysis.<name>``: a pure ``compute`` returning named tidy tables,
-imported only when one of its jobs runs.
+The built-in specs are ``subspace_atlas.specs.<name>.SPEC``; a package adds its own with an entry point in
+the ``subspace_atlas.analyses`` group naming a spec object (loaded when this module is first imported), and
+code (a test, a notebook) with ``register(spec)``. Importing this module never imports torch: computes live in
+``subspace_atlas.analysis.<name>`` (or wherever a spec's ``compute`` points) and load when a job runs.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from importlib.metadata import entry_points
 
-SPECS: dict[str, ModuleType] = {name: importlib.import_module(f"subspace_atlas.specs.{name}")
-                                for name in ("spectra", "intruders", "sparsity", "angles", "overlap")}
+from subspace_atlas.specs import Analysis, ProbeAnalysis
+
+BUILTIN = ("spectra", "intruders", "sparsity", "angles", "overlap", "patching")
+ENTRY_POINTS = "subspace_atlas.analyses"
+
+SPECS: dict[str, Analysis] = {}
 
 
-def compute_module(name: str) -> ModuleType:
-    """The compute of analysis ``name`` (it imports torch)."""
-    return importlib.import_module(f"{__name__}.{name}")
+def register(spec: Analysis) -> Analysis:
+    """Add ``spec`` to the registry (replacing one of the same name); the CLI parser, ``scan``, the report and
+    the app's navigation built afterwards include it."""
+    if not isinstance(spec, Analysis):
+        raise TypeError(f"{spec!r} is not an analysis spec (subspace_atlas.specs.Analysis)")
+    SPECS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove analysis ``name`` from the registry (what ``register`` added)."""
+    del SPECS[name]
+
+
+def batch_specs() -> list[Analysis]:
+    """The specs whose jobs read weight matrices (every kind but probes): planned, scanned and run by ``jobs``."""
+    return [spec for spec in SPECS.values() if not isinstance(spec, ProbeAnalysis)]
+
+
+for _name in BUILTIN:
+    register(importlib.import_module(f"subspace_atlas.specs.{_name}").SPEC)
+for _point in entry_points(group=ENTRY_POINTS):
+    register(_point.load())

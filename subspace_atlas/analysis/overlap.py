@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -34,24 +33,14 @@ import torch
 
 from subspace_atlas import linalg
 from subspace_atlas.analysis.angles import principal_angles, sides
-from subspace_atlas.checkpoints import TensorInfo
 from subspace_atlas.linalg import TopSvd
 from subspace_atlas.pairs import empty_table
 from subspace_atlas.parallel import map_matrices
+from subspace_atlas.runners.run import RunMatrix
 from subspace_atlas.specs.overlap import TABLES, Params
 from subspace_atlas.svdcache import SvdCache
 
 INFLIGHT_BYTES = 256 << 20  # stored bytes of matrices being decomposed at once (a larger one runs alone)
-
-
-@dataclass
-class RunMatrix:
-    """One matrix across a run: a loader and a content key per checkpoint, gradients' top-k when asked."""
-
-    info: TensorInfo
-    loaders: list[Callable[[], torch.Tensor]]
-    keys: list[str]  # content identity of the matrix at each checkpoint
-    gradients: list[tuple[TopSvd, float] | None] | None = None  # (top-k, ‖G‖²_F) per checkpoint
 
 
 def top_subspace(mat: torch.Tensor, params: Params, device: torch.device | None = None) -> TopSvd:

@@ -83,11 +83,14 @@ def gradients(model, input_ids: torch.Tensor, kind: str, mask_id: int | None = N
 
 def attach_gradients(items: Sequence, members: Sequence[Checkpoint], params, device: torch.device,
                      log: Callable[[str], None]) -> None:
-    """Fill each run matrix's ``gradients``: per checkpoint, the top-k (and ‖G‖²_F) of its gradient."""
+    """Fill each run matrix's ``gradients``: per checkpoint, the top-k (and ‖G‖²_F) of its gradient, when
+    ``params.of`` asks for gradients (``overlap``'s ``prepare``)."""
+    if "gradients" not in params.of:
+        return
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from subspace_atlas.analysis.overlap import top_subspace
-    from subspace_atlas.zoo.io import quiet_hf
+    from subspace_atlas.hf import quiet_hf
 
     for item in items:
         item.gradients = [None] * len(members)

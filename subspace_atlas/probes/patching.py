@@ -26,34 +26,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
 from subspace_atlas.errors import AtlasError
+from subspace_atlas.probes.targets import Batch, Target
 from subspace_atlas.specs.patching import NAME, PLANTED, SCHEMA_VERSION, Params
-
-
-class Target(Protocol):
-    """A model and a site in it: activations at the last position, and logits with that activation replaced."""
-
-    def activations(self, batch: object) -> torch.Tensor: ...  # (N, d)
-
-    def logits(self, batch: object, replace: torch.Tensor | None = None) -> torch.Tensor: ...  # (N, vocab)
-
-    def reader_basis(self) -> torch.Tensor: ...  # (d, r) orthonormal: what reads the site downstream
-
-
-@dataclass
-class Batch:
-    """Prompts of one shape (a template), with the answer token ids: base answers ``io``, source answers ``s``."""
-
-    base: object
-    source: object
-    io: torch.Tensor
-    s: torch.Tensor
 
 
 # ---------------------------------------------------------------- the pure parts
@@ -322,7 +302,7 @@ def load_bridge(model, device: str = "cpu"):
 
     from subspace_atlas.checkpoints import Checkpoint, open_one
     from subspace_atlas.probes.gradients import load_tokenizer, model_folder
-    from subspace_atlas.zoo.io import quiet_hf
+    from subspace_atlas.hf import quiet_hf
 
     ckpt = model if isinstance(model, Checkpoint) else open_one(model, flag="--model")
     folder = model_folder(ckpt)
@@ -444,13 +424,13 @@ def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed:
     """One stored job per (site, layer, method), keyed by the model's content, the task and the params;
     what the store holds is skipped. ``name`` labels the model (default: its folder's name).
     Returns (computed, skipped)."""
-    import dataclasses
     import itertools
     import sys
     import time
 
     from subspace_atlas.checkpoints import open_one
     from subspace_atlas.store import fingerprint
+    from subspace_atlas.writing import write_job
 
     log = log or (lambda s: print(s, file=sys.stderr))
     ckpt = open_one(model, name, "--model") if task == "ioi" else None
@@ -468,11 +448,10 @@ def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed:
         t0 = time.perf_counter()
         frame = run_toy(params, log) if ckpt is None else run_ioi(ckpt, params, device, log)[0]
         wall = time.perf_counter() - t0
-        store.write(NAME, fp, {"effects": frame},
-                    {"params": dataclasses.asdict(params), "device": device, "wall_s": round(wall, 3),
-                     "inputs": {"checkpoint": ckpt.name if ckpt else "toy-illusion",
-                                "path": str(ckpt.path) if ckpt else "", "task": task},
-                     "schema_version": SCHEMA_VERSION})
+        write_job(store, NAME, fp, {"effects": frame}, params=params, device=device, wall=wall,
+                  inputs={"checkpoint": ckpt.name if ckpt else "toy-illusion", "path": str(ckpt.path) if ckpt else "",
+                          "task": task},
+                  schema_version=SCHEMA_VERSION)
         fx = frame.set_index("component")["fldd"]
         log(f"patch {task} {site} layer {layer} {method}: full {fx['full']:.1f} % FLDD, row part {fx['row']:.1f} %, "
             f"null part {fx['null']:.1f} % → {frame['verdict'].iloc[0]} ({wall:.1f} s)")

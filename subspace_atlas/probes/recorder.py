@@ -29,13 +29,14 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from subspace_atlas import jobs
 from subspace_atlas.analysis import overlap
 from subspace_atlas.analysis.angles import sides
 from subspace_atlas.checkpoints import Checkpoint
+from subspace_atlas.labels import label_run
 from subspace_atlas.linalg import TopSvd
 from subspace_atlas.specs import overlap as overlap_spec
 from subspace_atlas.store import Store, fingerprint
+from subspace_atlas.writing import write_job
 
 
 class GradientSubspaceRecorder:
@@ -110,15 +111,12 @@ class GradientSubspaceRecorder:
             return
         members = [Checkpoint(name=f"{self.run}/step{s}", path=Path(self.run) / f"step{s}", files=(), step=s,
                               run=self.run) for s in self.steps]
-        tables = jobs.label_run(overlap.frames({**self.rows, "convergence": self.convergence()}), members)
-        provenance = {"params": {"k": self.params.k, "energy": self.params.energy, "tol": self.params.tol,
-                                 "every": self.every},
-                      "inputs": {"checkpoint": self.run, "run": self.run, "recorder": True, "steps": self.steps},
-                      "device": str(self.device or "cpu"), "matrices": len(self.first),
-                      "wall_s": round(self.seconds, 4),
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "schema_version": overlap_spec.SCHEMA_VERSION}
-        self.store.write(overlap_spec.NAME, self.fingerprint, tables, provenance)
+        tables = label_run(overlap.frames({**self.rows, "convergence": self.convergence()}), members)
+        write_job(self.store, overlap_spec.NAME, self.fingerprint, tables,
+                  params={"k": self.params.k, "energy": self.params.energy, "tol": self.params.tol, "every": self.every},
+                  inputs={"checkpoint": self.run, "run": self.run, "recorder": True, "steps": self.steps},
+                  schema_version=overlap_spec.SCHEMA_VERSION, device=self.device or "cpu", wall=self.seconds,
+                  matrices=len(self.first))
 
 
 class GradientSubspaceCallback(TrainerCallback):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from subspace_atlas.probes.patching import Batch
+from subspace_atlas.probes.targets import Batch
 
 W_IN = torch.tensor([[1.0, 1.0, 0.0]])  # x → h
 W_OUT = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # h → out (reads units 1 and 3)

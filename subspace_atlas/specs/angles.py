@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from subspace_atlas.checkpoints import select_matrices
+from subspace_atlas.specs import SCAN_ADAPTER_FINALS, Page, PairedAnalysis
 
 NAME = "angles"
 TABLES = ("tasks", "pairs", "alignment")
@@ -40,3 +41,11 @@ class Params:
 
 
 select = select_matrices
+
+
+SPEC = PairedAnalysis(
+    name=NAME, description=DESCRIPTION, params=Params, tables=TABLES, schema_version=SCHEMA_VERSION,
+    compute="subspace_atlas.analysis.angles:compute", cross_tables=CROSS_TABLES, group_tables=GROUP_TABLES,
+    label_aliases=LABEL_ALIASES, scan=SCAN_ADAPTER_FINALS,
+    page=Page("views/angles.py", "Task angles", ":material/architecture:"),
+    report="subspace_atlas.report:angles_sections")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from subspace_atlas.checkpoints import select_matrices
+from subspace_atlas.specs import SCAN_ADAPTERS, Page, PairedAnalysis
 
 NAME = "intruders"
 TABLES = ("vectors", "summary", "matrices", "similarity", "values")
@@ -41,3 +42,10 @@ class Params:
 
 
 select = select_matrices
+
+
+SPEC = PairedAnalysis(
+    name=NAME, description=DESCRIPTION, params=Params, tables=TABLES, schema_version=SCHEMA_VERSION,
+    compute="subspace_atlas.analysis.intruders:compute", validate="subspace_atlas.analysis.intruders:validate",
+    scan=SCAN_ADAPTERS, page=Page("views/intruders.py", "Intruders", ":material/call_split:"),
+    report="subspace_atlas.report:intruders_sections")

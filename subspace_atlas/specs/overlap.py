@@ -9,6 +9,7 @@ from pathlib import Path
 
 from subspace_atlas.checkpoints import select_matrices
 from subspace_atlas.errors import AtlasError
+from subspace_atlas.specs import SCAN_RUNS, Page, RunAnalysis
 
 NAME = "overlap"
 TABLES = ("pairs", "subspaces", "convergence", "welore", "spectrum")
@@ -77,3 +78,11 @@ def job_inputs(params: Params) -> dict[str, str]:
 
 
 select = select_matrices
+
+
+SPEC = RunAnalysis(
+    name=NAME, description=DESCRIPTION, params=Params, tables=TABLES, schema_version=SCHEMA_VERSION,
+    compute="subspace_atlas.analysis.overlap:compute", job_inputs=job_inputs,
+    prepare="subspace_atlas.probes.gradients:attach_gradients", scan=SCAN_RUNS,
+    page=Page("views/overlap.py", "Training dynamics", ":material/timeline:"),
+    report="subspace_atlas.report:overlap_sections")

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from subspace_atlas.specs import Page, ProbeAnalysis
+
 NAME = "patching"
+TABLES = ("effects",)
 SCHEMA_VERSION = 1
+DESCRIPTION = "activation patching along a subspace: is it real or an illusion?"
 SITES = ("mlp_hidden", "resid_post")
 METHODS = ("das", "mean_diff", "probe", "gradient")
 PLANTED = ("planted_faithful", "planted_illusory")  # the toy's known directions (--task toy only)
@@ -40,3 +44,10 @@ class Params:
             raise ValueError("layer must be ≥ 0, train_pairs and eval_pairs ≥ 4")
         if not 0 <= self.illusory_share <= self.faithful_share <= 1:
             raise ValueError("need 0 ≤ illusory_share ≤ faithful_share ≤ 1")
+
+
+SPEC = ProbeAnalysis(
+    name=NAME, description=DESCRIPTION, params=Params, tables=TABLES, schema_version=SCHEMA_VERSION,
+    compute="subspace_atlas.probes.patching:run_jobs", command_name="patch", tasks=TASKS, model_tasks=("ioi",),
+    sweep=("site", "layer", "method"), page=Page("views/patching.py", "Activation patching", ":material/swap_horiz:"),
+    report="subspace_atlas.report:patching_sections")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from subspace_atlas.checkpoints import select_matrices
+from subspace_atlas.specs import Page, PairedAnalysis
 
 NAME = "sparsity"
 TABLES = ("matrices", "overlap")
@@ -35,3 +36,9 @@ class Params:
 
 
 select = select_matrices
+
+
+SPEC = PairedAnalysis(
+    name=NAME, description=DESCRIPTION, params=Params, tables=TABLES, schema_version=SCHEMA_VERSION,
+    compute="subspace_atlas.analysis.sparsity:compute", cross_tables=CROSS_TABLES, same_dtype=SAME_DTYPE,
+    page=Page("views/sparsity.py", "Sparsity", ":material/grain:"), report="subspace_atlas.report:sparsity_sections")

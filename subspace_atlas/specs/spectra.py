@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from subspace_atlas.checkpoints import select_matrices
 from subspace_atlas.options import METHODS
+from subspace_atlas.specs import SCAN_MODELS, CheckpointAnalysis, Page
 
 NAME = "spectra"
 TABLES = ("matrices", "values")
@@ -28,3 +29,9 @@ class Params:
 
 
 select = select_matrices
+
+
+SPEC = CheckpointAnalysis(
+    name=NAME, description=DESCRIPTION, params=Params, tables=TABLES, schema_version=SCHEMA_VERSION,
+    compute="subspace_atlas.analysis.spectra:compute", scan=SCAN_MODELS,
+    page=Page("views/spectra.py", "Spectra", ":material/ssid_chart:"), report="subspace_atlas.report:spectra_sections")

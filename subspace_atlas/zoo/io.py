@@ -1,19 +1,17 @@
-"""Atomic writes, quiet transformers/PEFT loading, and the pretrained base model's location."""
+"""Atomic writes and the pretrained base model's location; ``quiet_hf`` (offline, quiet loading) comes from ``hf``."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from subspace_atlas.errors import AtlasError
+from subspace_atlas.hf import quiet_hf
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the zoo never downloads; every load is a local folder
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+__all__ = ["TMP_PREFIX", "minilm_path", "quiet_hf", "write_folder", "write_json"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -46,22 +44,3 @@ def write_folder(target: Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
-
-
-@contextlib.contextmanager
-def quiet_hf() -> Iterator[None]:
-    """Silence transformers' load reports / progress bars and PEFT's warnings, restoring them afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
