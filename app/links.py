@@ -1,4 +1,6 @@
-"""Filters kept in the URL: every page's choices are query parameters, so a link reproduces a view.
+"""Filters kept in the URL: every page's choices are query parameters, so a link reproduces a view; the store too
+(``store``, while it is not the configured one). The open tab is Streamlit's own binding, ``st.tabs(…, key="tab",
+bind="query-params")``.
 
 A value is taken from the URL only when it came from a link: ``_KNOWN`` holds what this session last wrote
 for each parameter, and a parameter still holding that is the session's own echo, not a link. So a widget
@@ -148,3 +150,16 @@ def slide(widget, label: str, low, high, value, *, key: str, url: str, **kwargs)
     chosen = widget(label, low, high, None if restored else value, key=key, **kwargs)
     _remember(url, chosen, value)
     return chosen
+
+
+def typed(widget, label: str, value: str, *, key: str, url: str, **kwargs) -> str:
+    """A text box (e.g. ``st.sidebar.text_input``) whose text lives in the URL query parameter ``url``: read from
+    a link on first show (a blank one is ignored), written back on every run (left out while blank or ``value``)."""
+    raw = _from_link(url) if key not in st.session_state else None
+    if raw and raw[-1].strip():
+        st.session_state[key] = raw[-1].strip()
+    else:
+        kwargs["value"] = value
+    text = widget(label, key=key, **kwargs)
+    _remember(url, text.strip() or value, value)
+    return text

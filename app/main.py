@@ -10,16 +10,17 @@ import streamlit as st
 
 from common import configured_store, current_store, read_only
 from hosting import export_buttons, signed_in
+from links import typed
 from subspace_atlas import analysis
 
 st.set_page_config(page_title="Subspace Atlas", layout="wide")
 
 if not signed_in():
     st.stop()
-if not read_only():
-    st.sidebar.text_input("Store", value=configured_store(), key="store_root",
-                          help="A Subspace Atlas result store: a folder or a URL such as s3://bucket/prefix "
-                               "(what `subspace-atlas spectra --store …` wrote).")
+if not read_only():  # hosted, there is no box: a link's `store` is never read
+    typed(st.sidebar.text_input, "Store", configured_store(), key="store_root", url="store",
+          help="A Subspace Atlas result store: a folder or a URL such as s3://bucket/prefix "
+               "(what `subspace-atlas spectra --store …` wrote). Kept in the page's link.")
 
 pages = [
     st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),

@@ -119,13 +119,17 @@ def matrices_of(spec: Spec) -> list[Matrix]:
 
 @dataclass(frozen=True)
 class Ckpt:
-    """What ``jobs.label`` reads from a Checkpoint (name, path, run, step), plus an identity."""
+    """What ``labels.label`` reads from a Checkpoint (name, path, run, step, tied embeddings), plus an identity."""
 
     name: str
     path: Path
     run: str | None
     step: int | None
     identity: str
+
+    def tied_embeddings(self) -> tuple[str, ...]:
+        """No tied embedding: the synthetic stores' Llama-2-7B and MiniLM shapes have none."""
+        return ()
 
 
 def _identity(*parts: object) -> str:
@@ -214,7 +218,7 @@ def spectra_metrics(mats: list[Matrix], sigma: list[np.ndarray], alpha: np.ndarr
     from subspace_atlas.analysis import spectra
     from subspace_atlas.analysis.esd import fit_marchenko_pastur
 
-    params = spectra.Params()
+    params = declaration("spectra").Params()
     rows = []
     for i, (m, s) in enumerate(zip(mats, sigma)):
         if s.size < params.min_evals:  # no power-law fit: the real function is cheap here
@@ -261,7 +265,7 @@ def intruders_tables(mats: list[Matrix], sigma: list[np.ndarray], base_sigma: li
     """One full fine-tune's intruder tables (left side, the paper's k = 10, PEFT's ε sweep), unlabelled."""
     from subspace_atlas.analysis import intruders
 
-    params = intruders.Params()
+    params = declaration("intruders").Params()
     k, eps, lam = params.top_k, np.array(params.epsilon), params.mitigation_lambda
     m = len(mats)
     names = np.array([x.name for x in mats], dtype=object)
@@ -534,10 +538,18 @@ def fast_label(frame: pd.DataFrame, ckpt: Ckpt, base: Ckpt | None = None) -> pd.
     return pd.concat([out, frame.drop(columns=[c for c in out.columns if c in frame])], axis=1)
 
 
+def labellers():
+    """The package's ``label`` and ``label_run``: in ``subspace_atlas.labels``, or ``jobs`` in older code."""
+    try:
+        from subspace_atlas import labels
+    except ImportError:
+        from subspace_atlas import jobs as labels
+    return labels.label, labels.label_run
+
+
 def checked_labeller(sample: pd.DataFrame, ckpt: Ckpt, base: Ckpt | None = None):
     """``fast_label`` if it labels ``sample`` exactly as ``jobs.label`` does, else the real ``jobs.label``."""
-    from subspace_atlas.jobs import label
-
+    label, _ = labellers()
     try:
         pd.testing.assert_frame_equal(fast_label(sample, ckpt, base), label(sample, ckpt, base))
         return fast_label
@@ -560,7 +572,8 @@ class Writer:
         self.jobs = 0
 
     def write(self, analysis: str, fp: str, tables: dict[str, pd.DataFrame], prov: dict) -> None:
-        self.store.write(analysis, fp, tables, prov)
+        first = getattr(getattr(declaration(analysis), "SPEC", None), "first", None)  # rows' stored order, as
+        self.store.write(analysis, fp, tables, prov, **({"first": first} if first else {}))  # write_job does
         self.jobs += 1
         if self.reference is None:
             return
@@ -601,7 +614,7 @@ def build_spectra(spec: Spec, writer: Writer, log: Log) -> None:
     if spec.intruders:
         base_sigma, _ = singular_values(mats, *per_matrix.at(0.0, np.random.default_rng([spec.seed, 10**6])),
                                         rng=np.random.default_rng([spec.seed, 10**6 + 1]))
-    sp_params, in_params = spectra.Params(), intruders.Params()
+    sp_params, in_params = declaration("spectra").Params(), declaration("intruders").Params()
     sp_spec, in_spec = declaration("spectra"), declaration("intruders")
     labeller = None
     t0 = time.perf_counter()
@@ -656,13 +669,13 @@ def _run_params(spec: Spec, run_index: int, mats: list[Matrix]) -> MatrixParams:
 def build_overlap(spec: Spec, writer: Writer, log: Log) -> None:
     """One overlap job over a run of ``spec.checkpoints`` checkpoints (all five tables), as ``_run_runs`` writes."""
     from subspace_atlas.analysis import overlap
-    from subspace_atlas.jobs import label_run
     from subspace_atlas.store import fingerprint
 
+    _, label_run = labellers()
     ov_spec = declaration("overlap")
 
     mats = matrices_of(spec)
-    params = overlap.Params(reference=spec.reference)
+    params = declaration("overlap").Params(reference=spec.reference)
     rng = np.random.default_rng(spec.seed)
     per_matrix = MatrixParams.draw(mats, rng, spec.model)
     run = _run_name(spec, 0)
@@ -845,5 +858,5 @@ def check_fit(count: int = 3, seed: int = 0) -> list[tuple[str, float, float]]:
     per_matrix = MatrixParams.draw(chosen, rng, "llama7b")
     noise, alpha, share = per_matrix.at(0.5, rng)
     sigma, _ = singular_values(chosen, noise, alpha, share, rng)
-    return [(m.name, float(a), float(spectra.metrics(s, m.rows, m.cols, spectra.Params())["alpha"]))
+    return [(m.name, float(a), float(spectra.metrics(s, m.rows, m.cols, declaration("spectra").Params())["alpha"]))
             for m, a, s in zip(chosen, alpha, sigma)]

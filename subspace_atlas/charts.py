@@ -87,6 +87,41 @@ def layer_kind_heatmap(matrices: pd.DataFrame, metric: str) -> go.Figure:
     return _layer_kind_grid(grid, f"{label(metric)} by layer and kind", label(metric), "Viridis", ".2f")
 
 
+def expert_layer_heatmap(matrices: pd.DataFrame, metric: str, kind: str) -> go.Figure:
+    """Expert × layer heatmap of one kind's metric (an MoE's experts side by side, one checkpoint): an expert
+    unlike the rest of its layer, or a layer whose experts disagree, stands out."""
+    rows = matrices[matrices["kind"] == kind].dropna(subset=["expert", "layer", metric])
+    if rows.empty:
+        return _empty(f"no experts of kind {kind} with {metric}")
+    grid = rows.pivot_table(index="expert", columns="layer", values=metric, aggfunc="mean")
+    fig = px.imshow(grid, aspect="auto", color_continuous_scale="Viridis",
+                    labels={"x": "layer", "y": "expert", "color": label(metric)})
+    fig.update_layout(title=f"{label(metric)} of every {kind} expert, by layer")
+    _integer_ticks(fig, grid.index, axis="y")
+    return _integer_ticks(fig, grid.columns)
+
+
+def spread_across_experts(matrices: pd.DataFrame, metric: str) -> go.Figure:
+    """Per layer, one line per kind: the median of the metric across that layer's experts, with bars from the
+    lowest expert to the highest: how far a layer's experts differ from one another."""
+    rows = matrices.dropna(subset=["expert", "layer", metric])
+    if rows.empty:
+        return _empty(f"no experts with {metric}")
+    stats = (rows.groupby(["kind", "layer"])[metric].agg(["median", "min", "max"]).reset_index()
+             .sort_values(["kind", "layer"]))
+    traces = [{"type": "scatter", "x": one["layer"].tolist(), "y": one["median"].tolist(), "mode": "lines+markers",
+               "name": kind, "error_y": {"type": "data", "symmetric": False,
+                                         "array": (one["max"] - one["median"]).tolist(),
+                                         "arrayminus": (one["median"] - one["min"]).tolist()},
+               "hovertemplate": f"{kind}, layer %{{x}}: median %{{y:.3g}}<extra></extra>"}
+              for kind, one in stats.groupby("kind", sort=True)]
+    fig = go.Figure(data=traces, layout={"title": {"text": f"{label(metric)} across experts: median, lowest to highest"},
+                                         "xaxis": {"title": {"text": "layer"}},
+                                         "yaxis": {"title": {"text": label(metric)}},
+                                         "legend": {"title": {"text": "kind"}}})
+    return _integer_ticks(fig, stats["layer"])
+
+
 def in_step_order(frame: pd.DataFrame) -> list[str]:
     """The frame's checkpoints run by run (those of no run first), each run's by training step, then by name with
     numbers compared as numbers (checkpoint-20 before checkpoint-100)."""
@@ -201,8 +236,8 @@ def esd_with_fit(sigma: np.ndarray, fit: pd.Series, bins: int = 60) -> go.Figure
     edge = fit.get("mp_bulk_max")
     if pd.notna(edge) and edge > 0:
         _log_vline(fig, edge, "MP bulk edge", "gray", top=False)
-    fig.update_xaxes(type="log", title="eigenvalue λ = σ²")
-    fig.update_yaxes(type="log", title="density")
+    fig.update_xaxes(type="log", title="eigenvalue λ = σ²", exponentformat="power", minorloglabels="complete")
+    fig.update_yaxes(type="log", title="density", exponentformat="power", minorloglabels="complete")
     fig.update_layout(title=f"eigenvalue density of {fit.get('tensor', '')}")
     return fig
 
@@ -230,7 +265,7 @@ def singular_value_curves(values: pd.DataFrame, order: list[str] | None = None) 
         one = one.iloc[thinned(len(one))]
         fig.add_trace(go.Scatter(x=one["index"], y=one["sigma"], mode="lines", name=str(checkpoint),
                                  line={"color": colour}))
-    fig.update_yaxes(type="log", title="singular value σᵢ", exponentformat="power")
+    fig.update_yaxes(type="log", title="singular value σᵢ", exponentformat="power", minorloglabels="complete")
     fig.update_layout(title=f"singular values by rank{_shown(len(order), len(drawn))}", xaxis_title="rank i",
                       legend_title_text="checkpoint")
     return _integer_ticks(fig, values["index"])
@@ -707,7 +742,8 @@ def spectrum_over_training(spectrum: pd.DataFrame) -> go.Figure:
                                  line={"color": color}))
     shown = "" if len(rows) == len(every) else f" ({len(rows)} of {len(every)} checkpoints, evenly spaced)"
     fig.update_layout(title=f"{rows['tensor'].iloc[0]}: singular values over training{shown}",
-                      xaxis_title="index i", yaxis_title="σ<sub>i</sub>", yaxis_type="log")
+                      xaxis_title="rank i", yaxis_title="singular value σᵢ", yaxis_type="log",
+                      yaxis_exponentformat="power", yaxis_minorloglabels="complete")
     return _integer_ticks(fig, [1, max(np.asarray(s).size for s in rows["sigma"])])
 
 
@@ -867,7 +903,7 @@ def singular_values_pair(values: pd.DataFrame, a: str, b: str, matrix: str) -> g
         one = values[values["checkpoint"] == name].sort_values("index")
         one = one.iloc[thinned(len(one))]
         fig.add_trace(go.Scatter(x=one["index"], y=one["sigma"], mode="lines", name=f"{which}: {name}", line=style))
-    fig.update_yaxes(type="log", title="singular value σᵢ", exponentformat="power")
+    fig.update_yaxes(type="log", title="singular value σᵢ", exponentformat="power", minorloglabels="complete")
     fig.update_layout(title=f"{matrix}: singular values by rank", xaxis_title="rank i", legend_title_text="checkpoint",
                       legend_traceorder="reversed")
     return _integer_ticks(fig, values["index"])

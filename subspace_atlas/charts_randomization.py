@@ -9,7 +9,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from subspace_atlas import charts
 from subspace_atlas.charts import _empty, _integer_ticks, _log_vline
+from subspace_atlas.report import Section
+from subspace_atlas.store import Store
 
 # Column → its one-line meaning, in the order the app offers them (WeightWatcher's randomize=True columns).
 RANDOMIZATION_METRICS: dict[str, str] = {
@@ -78,7 +81,25 @@ def esd_vs_shuffled(values: pd.DataFrame, row: pd.Series, traps: pd.DataFrame | 
     if traps is not None and len(traps):
         fig.add_trace(go.Scatter(x=traps["lambda"], y=np.full(len(traps), lowest), mode="markers", name="traps",
                                  marker={"symbol": "x", "color": "crimson", "size": 10}))
-    fig.update_xaxes(type="log", title="eigenvalue λ = σ²")
-    fig.update_yaxes(type="log", title="density")
+    fig.update_xaxes(type="log", title="eigenvalue λ = σ²", exponentformat="power", minorloglabels="complete")
+    fig.update_yaxes(type="log", title="density", exponentformat="power", minorloglabels="complete")
     fig.update_layout(title=f"W against W shuffled: {row.get('tensor', '')}")
     return fig
+
+
+def report_sections(store: Store) -> list[Section]:
+    """The report's section: per checkpoint, rand_distance and traps by layer, and the traps per layer × kind."""
+    matrices = store.table_if_stored("randomization", "matrices")
+    if matrices is None:
+        return []
+    sections = []
+    for checkpoint in charts.in_step_order(matrices)[:6]:
+        one = matrices[matrices["checkpoint"] == checkpoint]
+        table = (one.groupby("kind")[["rand_distance", "num_traps", "num_above_rand"]]
+                 .agg({"rand_distance": "mean", "num_traps": "sum", "num_above_rand": "sum"}).reset_index())
+        sections.append(Section(f"Correlation traps: {checkpoint}",
+                                [distance_and_traps(one), charts.layer_kind_heatmap(one, "num_traps")],
+                                "Each matrix against its entries shuffled (WeightWatcher's randomize=True): a high "
+                                "rand_distance is structure shuffling destroys; traps are outsized entries it keeps. "
+                                "Table: per kind.", table))
+    return sections

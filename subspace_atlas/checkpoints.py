@@ -48,6 +48,12 @@ _SAMPLE_COUNT = 16
 _MAX_STEP = (1 << 63) - 1  # steps are stored as int64
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+# Tied embeddings (``Checkpoint.tied_embeddings``): a class with an LM head, whose output projection transformers
+# ties to the token embedding (``_tied_weights_keys``); the token embeddings (T5's ``shared`` is what its
+# ``embed_tokens`` and ``lm_head`` tie to); and the output projections that, when stored, mean it is not tied.
+_LM_HEAD_CLASS = re.compile(r"(?:ForCausalLM|ForMaskedLM|ForConditionalGeneration|LMHeadModel)$")
+_TOKEN_EMBED = re.compile(r"(?:^|\.)(?:(?:embed_tokens|wte|word_embeddings|embed_in|shared)\.weight|W_E)$")
+_UNEMBED = re.compile(r"(?:^|\.)(?:(?:lm_head|lm_head\.decoder|embed_out|predictions\.decoder)\.weight|W_U)$")
 _log = logging.getLogger(__name__)
 
 
@@ -260,6 +266,8 @@ class Checkpoint:
     run: str | None = None
     _sources: dict[str, _SafetensorsFile | _PickleFile] | None = field(default=None, repr=False)
     _views: dict[str, TensorInfo] | None = field(default=None, repr=False)
+    _config: dict | None = field(default=None, repr=False)
+    _tied: frozenset[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for text in (str(self.path), *map(str, self.files), self.name):
@@ -288,19 +296,55 @@ class Checkpoint:
             infos = sources[name].infos
             infos[name] = replace(infos[name], halves=halves)
 
+    def config(self) -> dict:
+        """The ``config.json`` beside the weights (read once); empty when there is none. A config that cannot be
+        read is empty with a warning: it only describes the model, it holds no weights."""
+        if self._config is None:
+            path = (self.path if self.path.is_dir() else self.path.parent) / "config.json"
+            data: object = {}
+            if path.is_file():
+                try:
+                    data = read_json(path, "not a readable model config")
+                except AtlasError as err:
+                    _log.warning("subspace-atlas: warning: %s; the model's type and tying are unknown", err)
+            self._config = data if isinstance(data, dict) else {}
+        return self._config
+
     def model_type(self) -> str | None:
-        """``model_type`` from the ``config.json`` beside the weights; None when there is none. A config
-        that cannot be read is None with a warning: it only names the model, it holds no weights."""
-        config = (self.path if self.path.is_dir() else self.path.parent) / "config.json"
-        if not config.is_file():
-            return None
-        try:
-            data = read_json(config, "not a readable model config")
-        except AtlasError as err:
-            _log.warning("subspace-atlas: warning: %s; its model type is unknown", err)
-            return None
-        kind = data.get("model_type") if isinstance(data, dict) else None
+        """``model_type`` from the ``config.json`` beside the weights; None when there is none."""
+        kind = self.config().get("model_type")
         return kind if isinstance(kind, str) else None
+
+    def tied_embeddings(self) -> frozenset[str]:
+        """The stored token embeddings that are also the model's output projection (tied word embeddings, which
+        ``save_pretrained`` stores once, under the embedding's name); empty when the checkpoint is not tied.
+
+        Tied when the weights hold a token embedding but no output projection (``lm_head``, ``embed_out``, a
+        masked-LM decoder, ``W_U``), and ``config.json`` names a class with an LM head (``…ForCausalLM``,
+        ``…ForMaskedLM``, ``…ForConditionalGeneration``, ``…LMHeadModel``) without ``tie_word_embeddings: false``.
+        A config without the key (one saved by transformers 4, which left out values equal to the defaults) gets
+        the default of its ``model_type``'s own config class, as transformers would load it (Llama's false,
+        GPT-2's true); where that class cannot be built, true, the only reading in which the LM head has weights.
+        With no config there is no claim: the names cannot tell a causal LM that ties from a headless encoder
+        (``BertModel``) or bare base model (``LlamaModel``), which store the same embedding and no head.
+        Reads only ``config.json`` and tensor names; computed once.
+        """
+        if self._tied is None:
+            names = [info.name for info in self.tensors() if info.is_matrix]
+            embeds = [name for name in names if _TOKEN_EMBED.search(name)]
+            shared = [name for name in embeds if name == "shared.weight" or name.endswith(".shared.weight")]
+            tied = bool(embeds) and not any(_UNEMBED.search(name) for name in names) and self._ties_by_config()
+            self._tied = frozenset(shared or embeds) if tied else frozenset()
+        return self._tied
+
+    def _ties_by_config(self) -> bool:
+        """Whether ``config.json`` names a class with an LM head and leaves its word embeddings tied."""
+        config = self.config()
+        classes = config.get("architectures")
+        if not isinstance(classes, list) or not any(isinstance(c, str) and _LM_HEAD_CLASS.search(c) for c in classes):
+            return False
+        setting = config.get("tie_word_embeddings")
+        return setting if isinstance(setting, bool) else _tie_default(self.model_type())
 
     def _listed(self, file: Path) -> Path:
         if not file.exists():
@@ -326,7 +370,7 @@ class Checkpoint:
         return self._views
 
     def load(self, name: str) -> torch.Tensor:
-        """One tensor as stored (CPU, stored dtype), or a matrix cut from a 3-D one (only its expert read)."""
+        """One tensor as stored (CPU, stored dtype), or a matrix cut from a 3-D one (only its expert or head read)."""
         sources = self._index()
         if name in sources:
             return sources[name].load(name)
@@ -334,7 +378,7 @@ class Checkpoint:
         if info is None:
             raise AtlasError(f"{self.path}: no tensor named {name!r}")
         view = info.view
-        return view.cut(sources[view.source].load(view.source, view.expert), info.shape)
+        return view.cut(sources[view.source].load(view.source, view.index), info.shape)
 
     def stream(self, names: Sequence[str], ahead_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` in order while a background thread reads the next ones.
@@ -354,6 +398,19 @@ class Checkpoint:
             digest.update(file.name.encode())
             digest.update(_sample_hash(self._listed(file)))
         return digest.hexdigest()[:24]
+
+
+def _tie_default(model_type: str | None) -> bool:
+    """``tie_word_embeddings`` of a fresh config of ``model_type``, built by transformers' own config class
+    (offline: no download); false for a class without the setting, as transformers reads it; true where no
+    class can be built (no model type, one transformers does not know, or no transformers)."""
+    try:
+        from transformers import AutoConfig
+
+        return bool(getattr(AutoConfig.for_model(model_type), "tie_word_embeddings", False))
+    except Exception as err:  # noqa: BLE001 (ImportError, an unknown model type, a class that will not build)
+        _log.debug("no config class for model type %r: %s", model_type, err)
+        return True
 
 
 def _sample_hash(path: Path) -> bytes:

@@ -4,7 +4,8 @@ Analysis flags are generated from each spec's ``params`` dataclass (name, type, 
 (``--base`` for a paired analysis, ``--start`` for a run, ``--task``/``--model`` for a probe), so registering
 an analysis adds its subcommand. Bad input ends in one ``subspace-atlas: error: …`` line
 and exit code 2; whatever was already stored stays. Building the parser, ``info`` and a rerun whose
-jobs are all stored import no torch: runners and the device come in only when there is work.
+jobs are all stored import no torch: runners and the ``ComputeContext`` (``context.resolve``: device, batch
+bytes, cache, once per command) come in only when there is work.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from subspace_atlas.options import check_device_spec
 from subspace_atlas.specs import Analysis, PairedAnalysis, ProbeAnalysis, RunAnalysis, load
 
 if TYPE_CHECKING:
-    import torch
-
     from subspace_atlas.jobs import Outcome
     from subspace_atlas.planning import Job
     from subspace_atlas.store import Store
@@ -109,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "adds (see the README); jobs the store holds are skipped.")
     scan.add_argument("folder")
     scan.add_argument("--analyses", nargs="+", default=None, metavar="NAME",
-                      help=f"only these ({' '.join(spec.name for spec in analysis.batch_specs())}; default: all)")
+                      help=f"only these ({' '.join(spec.name for spec in analysis.batch_specs())}; default: all "
+                           f"but the opt-in {' '.join(s.name for s in analysis.batch_specs() if s.opt_in) or '—'})")
     scan.add_argument("--dry-run", action="store_true", help="print the plan and what the store holds; compute nothing")
     scan.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     scan.add_argument("--device", default="auto")
@@ -216,17 +216,18 @@ def _run_analysis(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compute(args: argparse.Namespace, planned: list[Job], store: Store) -> tuple[Outcome, torch.device | str]:
+def _compute(args: argparse.Namespace, planned: list[Job], store: Store) -> tuple[Outcome, str]:
     """Run a plan that has work (the runners and torch load here): its ``Outcome`` and where it ran."""
     batch = None if args.batch_mb is None else args.batch_mb << 20
     if args.executor == "ray":
         from subspace_atlas import executors
 
         return executors.run([planned], store, args.device, args.address, batch, force=args.force)
-    from subspace_atlas import jobs, linalg
+    from subspace_atlas import jobs
+    from subspace_atlas.context import resolve
 
-    device = linalg.resolve_device(args.device)
-    return jobs.run(planned, store, device, batch, force=args.force), device
+    context = resolve(args.device, batch)
+    return jobs.run(planned, store, context, force=args.force), context.device
 
 
 def _named(arg: str) -> tuple[str, str | None]:
@@ -281,12 +282,13 @@ def _run_scan(args: argparse.Namespace) -> int:
         computed, skipped = len(outcome.computed), len(outcome.skipped)
         failed += outcome.failed
     elif any(pending(planned, store, args.force) for _, planned in groups):
-        from subspace_atlas import jobs, linalg
+        from subspace_atlas import jobs
+        from subspace_atlas.context import resolve
 
-        device = linalg.resolve_device(args.device)
+        context = resolve(args.device)
         for k, (what, planned) in enumerate(groups, 1):
             print(f"[{k}/{len(groups)}] {what}", file=sys.stderr)
-            outcome = jobs.run(planned, store, device, force=args.force, keep_going=True)
+            outcome = jobs.run(planned, store, context, force=args.force, keep_going=True)
             computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
             failed += outcome.failed
     else:
@@ -309,7 +311,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_probe(args: argparse.Namespace) -> int:
-    from subspace_atlas import linalg
+    from subspace_atlas.context import resolve
     from subspace_atlas.store import Store
 
     spec = analysis.SPECS[args.analysis]
@@ -320,7 +322,7 @@ def _run_probe(args: argparse.Namespace) -> int:
         raise AtlasError(f"{spec.command} --task {task} needs --model PATH (a local HF model folder)")
     path, name = _named(args.model) if needs_model else (None, None)
     computed, skipped = load(spec.compute)(Store(args.store), task, path, *(getattr(args, n) for n in spec.sweep),
-                                           fixed, str(linalg.resolve_device(args.device)), force=args.force, name=name)
+                                           fixed, resolve(args.device), force=args.force, name=name)
     print(f"{spec.command}: computed {computed} job(s), {skipped} already stored → {args.store}")
     return 0
 

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from subspace_atlas import analysis, jobs, linalg, zoo
+from subspace_atlas import analysis, jobs, zoo
 from subspace_atlas.checkpoints import Checkpoint, open_checkpoints
+from subspace_atlas.context import ComputeContext, resolve
 from subspace_atlas.planning import Job, plan
 from subspace_atlas.specs import CheckpointAnalysis
 from subspace_atlas.specs import patching as patching_spec
@@ -52,7 +53,7 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
     root = Path(zoo_root or DEMO_ZOO)
     manifest = zoo.build(root, scale=scale)
     store_zoo(target, manifest)
-    device_ = linalg.resolve_device(device)
+    context = resolve(device)
     checkpoints = demo_checkpoints(root, manifest)
     per_checkpoint = [plan(spec, checkpoints, spec.params()) for spec in analysis.batch_specs()
                       if isinstance(spec, CheckpointAnalysis)]
@@ -62,9 +63,9 @@ def build(store: str | Path | None = None, device: str = "auto", zoo_root: str |
     computed = skipped = 0
     for batch in (*per_checkpoint, planned_pairs, *sparsity_plans(root, manifest), *angle_plans(root, manifest, base),
                   *overlap_plans(root, manifest, base)):
-        outcome = jobs.run(batch, target, device_)
+        outcome = jobs.run(batch, target, context)
         computed, skipped = computed + len(outcome.computed), skipped + len(outcome.skipped)
-    done, held = patching_jobs(target, root, manifest, str(device_))
+    done, held = patching_jobs(target, root, manifest, context)
     computed, skipped = computed + done, skipped + held
     print(f"demo: {computed} job(s) computed, {skipped} already stored → {target.root}", file=sys.stderr)
     return 0
@@ -171,20 +172,20 @@ def overlap_plans(root: Path, manifest: dict, base: Checkpoint) -> list[list[Job
     return plans
 
 
-def patching_jobs(store: Store, root: Path, manifest: dict, device: str) -> tuple[int, int]:
+def patching_jobs(store: Store, root: Path, manifest: dict, context: ComputeContext) -> tuple[int, int]:
     """The illusion test on the IOI model (both sites × every layer × every method) and on the toy."""
     from subspace_atlas.probes import patching
 
     fixed = {f.name: f.default for f in dataclasses.fields(patching_spec.Params)
              if f.name not in ("site", "layer", "method")}
     computed, skipped = patching.run_jobs(store, "toy", None, ["mlp_hidden"], [0],
-                                          patching_spec.PLANTED + patching_spec.METHODS, fixed, device)
+                                          patching_spec.PLANTED + patching_spec.METHODS, fixed, context)
     run = next((r for r in manifest["runs"] if r["kind"] == "ioi"), None)
     if run is not None:
         model = root / run["checkpoints"][-1]["path"]
         layers = list(range(run["recipe"]["n_layer"]))
         more = patching.run_jobs(store, "ioi", str(model), patching_spec.SITES, layers, patching_spec.METHODS, fixed,
-                                 device, name=run["name"])
+                                 context, name=run["name"])
         computed, skipped = computed + more[0], skipped + more[1]
     return computed, skipped
 

@@ -196,9 +196,8 @@ def _work(unit: list[Job], store: Store, device: str, batch_bytes: int | None,
     fingerprints it computed, its matrix count, its seconds and (``keep_going``) the jobs that failed."""
     import torch
 
-    from subspace_atlas.linalg import resolve_device
+    from subspace_atlas.context import resolve
 
     torch.set_num_threads(1)
-    outcome = jobs.run(unit, store, resolve_device(device), batch_bytes, force, log=lambda line: None,
-                       keep_going=keep_going)
+    outcome = jobs.run(unit, store, resolve(device, batch_bytes), force, log=lambda line: None, keep_going=keep_going)
     return {job.fingerprint for job in outcome.computed}, outcome.matrices, outcome.seconds, outcome.failed

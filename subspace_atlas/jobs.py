@@ -2,7 +2,8 @@
 
 ``runners.checkpoint`` runs one checkpoint at a time; ``runners.paired`` runs the jobs sharing a base
 matrix by matrix, so each base matrix is read and decomposed once; ``runners.run`` runs a run job
-matrix-major over its checkpoints. All write through ``writing.write_job``.
+matrix-major over its checkpoints. All compute in one ``ComputeContext`` (``context.resolve``, once per command)
+and write through ``writing.write_job``.
 
 One bad input costs only its own jobs: a job that fails (``JOB_ERRORS``) writes nothing, and the others
 run and are stored; ``run`` says how failures are reported.
@@ -18,8 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
-import torch
-
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.planning import Failure, Job, first_per_input, pending
 from subspace_atlas.runners import checkpoint, paired
@@ -48,9 +48,8 @@ def runner(spec: Analysis) -> ModuleType:
     raise AtlasError(f"{spec.name}: a {type(spec).__name__} has no job runner")
 
 
-def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: int | None = None,
-        force: bool = False, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-        keep_going: bool = False) -> Outcome:
+def run(jobs: Sequence[Job], store: Store, context: ComputeContext, force: bool = False,
+        log: Callable[[str], None] = lambda s: print(s, file=sys.stderr), keep_going: bool = False) -> Outcome:
     """Run every job not already stored (all of them with ``force``), writing each as it finishes.
 
     A job that fails while computing (a non-finite matrix, a tensor that does not read) writes nothing and
@@ -60,15 +59,13 @@ def run(jobs: Sequence[Job], store: Store, device: torch.device, batch_bytes: in
     failure, and failures come back in ``Outcome.failed`` instead.
     """
     _return_large_frees_to_the_os()
-    if batch_bytes is None:  # batching pays on a GPU; on a CPU it only costs memory
-        batch_bytes = 1 << 30 if device.type == "cuda" else 0
     start = time.perf_counter()
     with contextlib.ExitStack() as claims:
         todo = _claimed(pending(jobs, store, force), store, claims, force, log)
         for name in sorted({job.spec.name for job in todo}):
             remove_leftovers(store, name)
         skipped = [j for j in jobs if j not in todo]
-        computed, count, failed = (runner(todo[0].spec).run(todo, store, device, batch_bytes, log, keep_going)
+        computed, count, failed = (runner(todo[0].spec).run(todo, store, context, log, keep_going)
                                    if todo else ([], 0, []))
     failed = first_per_input(failed)
     if failed and not keep_going:

@@ -1,4 +1,5 @@
-"""Label result tables with what they are of: checkpoint, run, step (and base), layer, kind, expert.
+"""Label result tables with what they are of: checkpoint, run, step (and base), layer, kind, expert,
+head, tied.
 
 Computes return bare tables (rows carry a ``tensor`` and, where they compare checkpoints, their indices
 ``job`` / ``a`` / ``b``); the runners label them here before writing, so every analysis's tables share
@@ -11,12 +12,13 @@ import numpy as np
 import pandas as pd
 
 from subspace_atlas.checkpoints import Checkpoint
-from subspace_atlas.naming import classify, expert
+from subspace_atlas.naming import classify, expert, head
 
 
 def label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None) -> pd.DataFrame:
     """Prefix a result table with the checkpoint's columns and, where it has ``tensor``, layer and kind (and
-    ``expert`` where a matrix is an MoE expert's, so tables of models without experts stay as they were)."""
+    ``expert`` where a matrix is an MoE expert's, ``head`` where it is one attention head's, ``tied`` where the
+    checkpoint's token embedding is also its output projection, so tables of other models stay as they were)."""
     front = {} if base is None else {"base": base.name}
     front |= {
         "checkpoint": ckpt.name,
@@ -31,9 +33,13 @@ def label(frame: pd.DataFrame, ckpt: Checkpoint, base: Checkpoint | None = None)
         out["tensor"] = frame["tensor"]
         out["layer"] = pd.array([layer for layer, _ in labels], dtype="Int64").take(codes)
         out["kind"] = np.array([kind for _, kind in labels], dtype=object)[codes]
-        experts = [expert(name) for name in names]
-        if any(e is not None for e in experts):
-            out["expert"] = pd.array(experts, dtype="Int64").take(codes)
+        for column, index_of in (("expert", expert), ("head", head)):
+            indices = [index_of(name) for name in names]
+            if any(i is not None for i in indices):
+                out[column] = pd.array(indices, dtype="Int64").take(codes)
+        tied = ckpt.tied_embeddings()
+        if tied:
+            out["tied"] = pd.array(names.isin(tied), dtype="boolean").take(codes)
     return pd.concat([out, frame.drop(columns=[c for c in out.columns if c in frame])], axis=1)
 
 

@@ -1,4 +1,7 @@
-"""The only place that decomposes matrices: device choice, precision, batching.
+"""The only place that decomposes matrices (SVD, eigenvalues, QR, principal angles, norms): precision, batching.
+
+No other module calls ``torch.linalg``, ``numpy.linalg`` or ``scipy.linalg`` (``tests/test_context.py``
+checks), so how a matrix is decomposed, and on which device, is decided here.
 
 Singular values come from one of two methods, both batched over same-shaped matrices:
 
@@ -20,19 +23,12 @@ import numpy as np
 import torch
 
 from subspace_atlas.errors import AtlasError
-from subspace_atlas.options import METHODS, check_device_spec
+from subspace_atlas.options import METHODS
+
+# What a decomposition raises on input it cannot take (LAPACK did not converge): one job's failure, not a bug.
+ERRORS = (torch.linalg.LinAlgError, np.linalg.LinAlgError)
 
 _BLOCK_BYTES = 32 << 20  # float64 bytes per block when accumulating a Gram matrix
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto``: CUDA when present, else CPU. Asking for ``cuda`` without one is an error."""
-    check_device_spec(spec)
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise AtlasError(f"--device {spec}: no CUDA device is available here (use --device cpu or auto)")
-    return torch.device(spec)
 
 
 def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -197,6 +193,50 @@ def svd(mats: torch.Tensor, dtype: torch.dtype = torch.float32,
     if not bool(torch.isfinite(mats).all()):
         raise AtlasError("matrix holds NaN or Inf values; its singular vectors are undefined")
     return torch.linalg.svd(mats, full_matrices=False)
+
+
+def svdvals(mats: torch.Tensor) -> torch.Tensor:
+    """Singular values, descending, of a matrix or a batch, where and in the dtype the matrices are."""
+    return torch.linalg.svdvals(mats)
+
+
+def qr(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reduced QR ``Q, R`` of a matrix, where and in the dtype it is."""
+    return torch.linalg.qr(mat)
+
+
+def frobenius(mat: torch.Tensor) -> float:
+    """‖mat‖_F (the 2-norm of its entries), in the matrix's dtype."""
+    return float(torch.linalg.norm(mat))
+
+
+def factored_svd(left: torch.Tensor, right: torch.Tensor,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``U, S, V`` of scale·left@right (left m × r, right r × n) in float64 without forming it: left = Q_B R_B
+    and rightᵀ = Q_A R_A, so the triplets come from the r × r core scale·R_B R_Aᵀ; on ``left``'s device."""
+    qb, rb = torch.linalg.qr(left.double())
+    qa, ra = torch.linalg.qr(right.double().T)
+    p, s, qh = torch.linalg.svd(scale * rb @ ra.T)
+    return qb @ p, s, qa @ qh.T
+
+
+def orthonormal(vectors: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
+    """An orthonormal basis (d × r, float64) of the column span of ``vectors`` (d × n), numerically null
+    directions (σ ≤ rtol·σmax) dropped."""
+    if vectors.shape[1] == 0:
+        return vectors.double()
+    u, s, _ = torch.linalg.svd(vectors.double(), full_matrices=False)
+    keep = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+    return u[:, :keep]
+
+
+def principal_angles(qa: torch.Tensor, qb: torch.Tensor) -> np.ndarray:
+    """Principal angles (radians, ascending) between the spans of two orthonormal bases (cos θ_i = σ_i(Q_aᵀQ_b)),
+    computed where the bases are."""
+    if qa.shape[1] == 0 or qb.shape[1] == 0:
+        return np.array([])
+    cos = torch.linalg.svdvals(qa.T @ qb).clamp(0, 1)
+    return np.sort(np.arccos(cos.cpu().numpy()))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Map raw tensor names of common architectures to a ``(layer, kind)`` pair, and MoE experts to their index.
+"""Map raw tensor names of common architectures to a ``(layer, kind)`` pair, MoE experts and attention heads
+to their index.
 
 Kinds: q k v qkv o q_a q_b kv_a kv_b up gate gate_up down fc_in fc_out router embed pos_embed unembed
 head other. ``qkv`` is a fused query-key-value matrix (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``,
@@ -10,6 +11,8 @@ expert-choosing matrix; ``embed`` an input embedding table (token, or BERT's tok
 absolute or relative position embeddings (T5's per-block ``relative_attention_bias``); ``head`` a task
 head's matrix (BERT pooler, masked-LM transform, classifier). Unknown names map to ``(None, "other")``
 rather than failing, so any checkpoint can be analysed. Tied weights are stored, and so named, once.
+A TransformerLens per-head matrix (``attn.W_Q[head 3]``, cut by ``views``) has its head's index; the heads
+joined (``attn.W_Q[heads]``) have none. Either keeps its projection's kind.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 # One routed expert: stored on its own (`experts.3.w1.weight`, `experts.3.gate_proj.weight`) or cut from
 # a fused 3-D tensor (`experts.gate_up_proj[3].gate`, `experts.down_proj[3]`; see `views`).
 _EXPERT = re.compile(r"(?:^|\.)experts\.(?:(\d+)\.(\w+)|(\w+)\[(\d+)\](?:\.(gate|up))?)")
+# One attention head's matrix, cut from a TransformerLens per-head tensor (`attn.W_Q[head 3]`; see `views`).
+_HEAD = re.compile(r"(?:^|\.)attn\._?W_[QKVO]\[head (\d+)\]$")
 _EXPERT_KINDS = {"w1": "gate", "gate_proj": "gate", "gate": "gate", "w3": "up", "up_proj": "up", "up": "up",
                  "w2": "down", "down_proj": "down", "gate_up_proj": "gate_up"}
 
@@ -58,9 +63,9 @@ _KIND_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"attention\.self\.value\.", "v"), (r"attention\.output\.dense\.", "o"),
     (r"intermediate\.dense\.", "fc_in"), (r"(?:^|\.)output\.dense\.", "fc_out"),
     (r"(?:word|token_type)_embeddings\.", "embed"), (r"position_embeddings\.", "pos_embed"),
-    # TransformerLens (2-D parameters; per-head W_Q … W_O joined across heads by `views`)
-    (r"attn\._?W_Q\[heads\]$", "q"), (r"attn\._?W_K\[heads\]$", "k"), (r"attn\._?W_V\[heads\]$", "v"),
-    (r"attn\._?W_O\[heads\]$", "o"),
+    # TransformerLens (2-D parameters; per-head W_Q … W_O cut per head and joined across heads by `views`)
+    (r"attn\._?W_Q\[(?:heads|head \d+)\]$", "q"), (r"attn\._?W_K\[(?:heads|head \d+)\]$", "k"),
+    (r"attn\._?W_V\[(?:heads|head \d+)\]$", "v"), (r"attn\._?W_O\[(?:heads|head \d+)\]$", "o"),
     (r"mlp\.W_in$", "fc_in"), (r"mlp\.W_out$", "fc_out"), (r"(?:^|\.)W_E$", "embed"),
     (r"(?:^|\.)W_pos$", "pos_embed"), (r"(?:^|\.)W_U$", "unembed"),
     # T5 (self- and cross-attention; the gated feed-forward's wi_0 gates wi_1)
@@ -92,6 +97,12 @@ def expert(name: str) -> int | None:
     """The routed expert a matrix belongs to (``experts.3.w1.weight``, ``experts.down_proj[3]`` → 3); else None."""
     match = _EXPERT.search(name)
     return None if match is None else int(match.group(1) or match.group(4))
+
+
+def head(name: str) -> int | None:
+    """The attention head a per-head matrix is (``attn.W_Q[head 3]`` → 3); None for the heads joined and the rest."""
+    match = _HEAD.search(name)
+    return None if match is None else int(match.group(1))
 
 
 def align(base: list[str], tuned: list[str]) -> dict[str, str]:

@@ -195,6 +195,11 @@ def names() -> tuple[str, ...]:
     return tuple(spec.name for spec in analysis.batch_specs())
 
 
+def default_names() -> tuple[str, ...]:
+    """What ``scan`` plans unless ``--analyses`` says otherwise: every analysis but the opt-in ones."""
+    return tuple(spec.name for spec in analysis.batch_specs() if not spec.opt_in)
+
+
 def paired_default() -> tuple[str, ...]:
     """The paired analyses an ``atlas-scan.json`` pair gets unless it names its own: those with a scan rule."""
     return tuple(spec.name for spec in analysis.batch_specs() if isinstance(spec, PairedAnalysis) and spec.scan)
@@ -213,7 +218,7 @@ def plan(root: str | Path, analyses: tuple[str, ...] | None = None) -> Plan:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise AtlasError(f"{root}: no such folder")
-    analyses = names() if analyses is None else analyses
+    analyses = default_names() if analyses is None else analyses
     unknown = set(analyses) - set(names())
     if unknown:
         raise AtlasError(f"--analyses: unknown {sorted(unknown)}; known: {', '.join(names())}")

@@ -13,7 +13,8 @@ renamed; on an object store it is one PUT. A rewrite (``--force``) writes new fi
 then swaps the manifest, so a kill at any point leaves the old job or the new one, never a mix; files no
 manifest names are removed afterwards. Each manifest also records, per table, the columns that hold one
 value in all of the job's rows (``constants``), which lets a reader skip jobs a filter excludes without
-opening them. A table's rows are stored sorted by ``tensor`` (stable) in row groups of at most
+opening them. A table's rows are stored sorted by ``tensor`` (stable), after any boolean columns an analysis
+names to store first (``Analysis.first``), in row groups of at most ``ROW_GROUP_ROWS`` rows and
 ``ROW_GROUP_BYTES``, so a read of one matrix decodes one group. Reading is in ``subspace_atlas.query``; merging small parts in ``subspace_atlas.compaction``.
 
 Object stores take their credentials and endpoint the usual way (``AWS_*`` variables, ``~/.aws``,
@@ -34,7 +35,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,8 @@ class Store:
                 raise AtlasError(f"store {self.root}: {err}") from err
         else:
             self.root = str(Path(str(root).removeprefix("file://")).expanduser())
-            self.fs, self._base = LocalFileSystem(), self.root
+            # absolute, as the filesystem's listings are: a relative root once made every file look unnamed
+            self.fs, self._base = LocalFileSystem(), os.path.abspath(self.root)
         self.local = isinstance(self.fs, LocalFileSystem)
         self.unreadable: dict[str, str] = {}  # files found broken while reading: path → why
 
@@ -210,14 +212,18 @@ class Store:
         so a rerun computes the job again)."""
         return self.manifest(analysis, fp) is not None
 
-    def write(self, analysis: str, fp: str, tables: dict[str, pd.DataFrame], provenance: dict) -> None:
-        """Store one job's tables under fresh names, then its manifest naming them; then drop what it replaced."""
+    def write(self, analysis: str, fp: str, tables: dict[str, pd.DataFrame], provenance: dict,
+              first: Mapping[str, Sequence[str]] | None = None) -> None:
+        """Store one job's tables under fresh names, then its manifest naming them; then drop what it replaced.
+
+        Rows are stored sorted by ``tensor`` (stable), after ``first[table]``: boolean columns whose true rows go
+        ahead of the rest, so a read filtered on them skips the row groups that hold none (a run's overlap
+        pairs: the previous/first/last pairs a page draws are 10 % of the 1.6 M rows of 50 checkpoints)."""
         meta = json.dumps({**provenance, "fingerprint": fp, "analysis": analysis}, default=str)
         token = uuid.uuid4().hex[:8]
         files, constants = {}, {}
         for name, frame in tables.items():
-            if "tensor" in frame and len(frame) > 1:  # one matrix's rows together: a read of one matrix skips the rest
-                frame = frame.sort_values("tensor", kind="stable", ignore_index=True)
+            frame = _stored_order(frame, tuple((first or {}).get(name, ())))
             table = pa.Table.from_pandas(frame, preserve_index=False)
             table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: meta.encode()})
             files[name] = f"part-{_valid(fp)}-{token}.parquet"
@@ -386,6 +392,15 @@ def parquet_options(schema: pa.Schema) -> dict:
     floats = [f.name for f in flat if pa.types.is_floating(f.type)]
     return {"compression": "zstd", "use_dictionary": [f.name for f in flat if f.name not in floats],
             "column_encoding": {name: "BYTE_STREAM_SPLIT" for name in floats}}
+
+
+def _stored_order(frame: pd.DataFrame, first: tuple[str, ...]) -> pd.DataFrame:
+    """``frame`` with its rows true in ``first``'s columns ahead (in that order), then one matrix's rows together."""
+    keys = [c for c in first if c in frame] + (["tensor"] if "tensor" in frame else [])
+    if not keys or len(frame) < 2:
+        return frame
+    ascending = [False] * (len(keys) - ("tensor" in frame)) + [True] * ("tensor" in frame)
+    return frame.sort_values(keys, ascending=ascending, kind="stable", ignore_index=True)
 
 
 def constant_columns(frame: pd.DataFrame) -> dict[str, object]:

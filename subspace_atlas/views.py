@@ -15,8 +15,10 @@ Two kinds of 3-D weight are split or joined into matrices, read from headers (an
   under ``experts`` is one matrix per expert; a stacked 2-D expert bias (gpt-oss ``…experts.down_proj_bias``
   ``[E, H]``) is one bias vector per expert, so analyses skip it as they skip every bias.
 * **TransformerLens per-head attention** ``W_Q`` / ``W_K`` / ``W_V`` ``[n_heads, d_model, d_head]`` and
-  ``W_O`` ``[n_heads, d_head, d_model]``: one matrix with the heads joined along ``d_head`` (head-major),
-  ``[d_model, n_heads·d_head]`` and ``[n_heads·d_head, d_model]``, named ``…attn.W_Q[heads]``.
+  ``W_O`` ``[n_heads, d_head, d_model]``: one matrix per head, its ``[d_model, d_head]`` (``[d_head, d_model]``)
+  slice, named ``…attn.W_Q[head 3]``; and one with the heads joined along ``d_head`` (head-major),
+  ``[d_model, n_heads·d_head]`` and ``[n_heads·d_head, d_model]``, named ``…attn.W_Q[heads]``: the map the
+  layer applies as a whole. ``head`` rather than a bare index, so no head is taken for an MoE expert.
 """
 
 from __future__ import annotations
@@ -46,20 +48,21 @@ HALVES = {"gpt_oss": "interleaved", "llama4": "concatenated", "llama4_text": "co
 class View:
     """How a 2-D matrix is cut from the stored tensor ``source``.
 
-    ``expert``: the slice along the first axis. ``half``: the first row (``axis`` 0) or column (``axis`` 1)
-    of the gate or up half taken from that slice, every ``step``-th from there (2 when interleaved).
+    ``index``: the slice along the first axis (an expert, a head). ``half``: the first row (``axis`` 0) or
+    column (``axis`` 1) of the gate or up half taken from that slice, every ``step``-th from there (2 when
+    interleaved).
     ``heads_axis``: the axis (1 or 2) holding ``d_head`` when heads are joined.
     """
 
     source: str
-    expert: int | None = None
+    index: int | None = None
     half: int | None = None
     heads_axis: int | None = None
     axis: int = 0
     step: int = 1
 
     def cut(self, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        """The matrix of ``shape`` from ``tensor``: the source's ``expert`` slice, or the whole source when
+        """The matrix of ``shape`` from ``tensor``: the source's ``index`` slice, or the whole source when
         heads are joined."""
         import torch
 
@@ -89,14 +92,14 @@ def _cut(info: TensorInfo, shapes: dict[str, tuple[int, ...]]) -> list[TensorInf
     """The matrices one 3-D tensor holds (the vectors of a stacked expert bias); none when these rules do not
     know it."""
     if len(info.shape) == 2:
-        return _per_expert(info, info.shape[1:])
+        return _per_slice(info, info.shape[1:])
     heads = _HEADS.search(info.name)
     if heads:
-        return [_joined_heads(info, heads.group(1))]
+        return [_joined_heads(info, heads.group(1)), *_per_slice(info, info.shape[1:], "head ")]
     if _GATE_UP.search(info.name):
         return _gate_up(info, shapes.get(info.name.removesuffix("gate_up_proj") + "down_proj"), info.halves)
     if _EXPERTS.search(info.name):
-        return _per_expert(info, info.shape[1:])
+        return _per_slice(info, info.shape[1:])
     return []
 
 
@@ -111,13 +114,13 @@ def _gate_up(info: TensorInfo, down: tuple[int, ...] | None, halves: str | None)
     otherwise), columns in ``[E, H, 2I]`` when ``halves`` is known; one fused matrix per expert otherwise."""
     experts, rows, cols = info.shape
     if down is None or len(down) != 3:
-        return _per_expert(info, (rows, cols))
+        return _per_slice(info, (rows, cols))
     if cols == down[1] and rows == 2 * down[2]:
         axis, halves = 0, halves or "concatenated"
     elif rows == down[2] and cols == 2 * down[1] and halves is not None:
         axis = 1
     else:
-        return _per_expert(info, (rows, cols))
+        return _per_slice(info, (rows, cols))
     size = info.shape[1 + axis] // 2
     shape = (size, cols) if axis == 0 else (rows, size)
     starts, step = ((0, 1), 2) if halves == "interleaved" else ((0, size), 1)
@@ -125,8 +128,9 @@ def _gate_up(info: TensorInfo, down: tuple[int, ...] | None, halves: str | None)
             for e in range(experts) for part, start in zip(("gate", "up"), starts)]
 
 
-def _per_expert(info: TensorInfo, shape: tuple[int, ...]) -> list[TensorInfo]:
-    return [_info(f"{info.name}[{e}]", shape, info, View(info.name, e)) for e in range(info.shape[0])]
+def _per_slice(info: TensorInfo, shape: tuple[int, ...], tag: str = "") -> list[TensorInfo]:
+    """One matrix per slice of the first axis: ``…[3]`` (an expert), or ``…[head 3]`` with ``tag`` ``"head "``."""
+    return [_info(f"{info.name}[{tag}{e}]", shape, info, View(info.name, e)) for e in range(info.shape[0])]
 
 
 def _info(name: str, shape: tuple[int, ...], source: TensorInfo, view: View) -> TensorInfo:

@@ -2,7 +2,8 @@
 
 Every writer (the job runners, patching, the gradient recorder, the demo's zoo tables) goes through
 ``write_job``, so every manifest says the same things the same way: params, inputs, package versions,
-where and how long it ran, when, and the schema version.
+where (the ``ComputeContext`` the work ran in: its device, not the ``--device`` flag) and how long it ran,
+when, and the schema version.
 """
 
 from __future__ import annotations
@@ -17,21 +18,28 @@ import pandas as pd
 import torch
 
 import subspace_atlas
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.store import Store
 
 
 def write_job(store: Store, analysis: str, fingerprint: str, tables: Mapping[str, pd.DataFrame], *,
-              params: object, inputs: dict, schema_version: int, device: torch.device | str | None = None,
+              params: object, inputs: dict, schema_version: int, context: ComputeContext | None = None,
               wall: float | None = None, matrices: int | None = None, **extra: object) -> None:
-    """Write one job's tables under ``analysis``/``fingerprint`` with its provenance (``provenance``)."""
+    """Write one job's tables under ``analysis``/``fingerprint`` with its provenance (``provenance``), rows in
+    the order the analysis's spec asks (``Analysis.first``)."""
+    from subspace_atlas.analysis import SPECS
+
+    spec = SPECS.get(analysis)
     store.write(analysis, fingerprint, dict(tables),
-                provenance(params, inputs, schema_version, device, wall, matrices, **extra))
+                provenance(params, inputs, schema_version, context, wall, matrices, **extra),
+                first=spec.first if spec is not None else None)
 
 
-def provenance(params: object, inputs: dict, schema_version: int, device: torch.device | str | None = None,
+def provenance(params: object, inputs: dict, schema_version: int, context: ComputeContext | None = None,
                wall: float | None = None, matrices: int | None = None, **extra: object) -> dict:
-    """A job's manifest: ``params`` (a Params dataclass or a dict), ``inputs``, versions, the device it ran on
-    (name and threads), matrix count, seconds, time of writing, schema version, and any ``extra`` keys."""
+    """A job's manifest: ``params`` (a Params dataclass or a dict), ``inputs``, versions, where it ran
+    (``context.device``, that device's name, torch's threads), matrix count, seconds, time of writing, schema
+    version, and any ``extra`` keys."""
     import safetensors
 
     found = {"params": dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params or {}),
@@ -39,11 +47,10 @@ def provenance(params: object, inputs: dict, schema_version: int, device: torch.
              "versions": {"subspace_atlas": subspace_atlas.__version__, "torch": torch.__version__,
                           "numpy": np.__version__, "pandas": pd.__version__,
                           "safetensors": safetensors.__version__, "python": platform.python_version()}}
-    if device is not None:
-        device = torch.device(device)
-        found |= {"device": str(device),
-                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-                  "threads": torch.get_num_threads()}
+    if context is not None:
+        found |= {"device": context.device,
+                  "device_name": torch.cuda.get_device_name(context.device) if context.on_gpu else _cpu_name(),
+                  "threads": context.threads or torch.get_num_threads()}
     if matrices is not None:
         found["matrices"] = matrices
     if wall is not None:

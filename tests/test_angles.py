@@ -12,6 +12,7 @@ from subspace_atlas import cli
 from subspace_atlas.adapters import LoraUpdate
 from subspace_atlas.analysis import angles
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.pairs import PairedMatrix
 from subspace_atlas.specs.angles import Params
 from subspace_atlas.store import Store
@@ -24,7 +25,7 @@ def run(w0: torch.Tensor, updates: list, params=Params(), pairs=((0, 1),), group
     info = TensorInfo(NAME, tuple(w0.shape), "float64")
     tuned = [(k, (lambda u=u: u if isinstance(u, LoraUpdate) else w0 + u)) for k, u in enumerate(updates)]
     item = PairedMatrix(info, "key", lambda: w0, tuned)
-    return angles.compute([item], params, workers=1, pairs=list(pairs), group=list(group))
+    return angles.compute([item], params, ComputeContext(workers=1), pairs=list(pairs), group=list(group))
 
 
 def planted(m=60, n=50, k=4, thetas=(0.0, 0.3, 0.9, 1.4), seed=0):

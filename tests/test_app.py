@@ -453,9 +453,10 @@ def test_patching_page_on_demo_shows_verdicts_parts_and_layers(monkeypatch):
 
 # Filters in the URL: a link (query parameters) reproduces a view; a link's bad values are ignored.
 
-def _open(monkeypatch, page: str, params: dict | None = None, store: Path | None = None) -> AppTest:
+def _open(monkeypatch, page: str, params: dict | None = None, store: Path | None = None,
+          read_only: bool = False) -> AppTest:
     """A new session opened on ``page`` by a link with the query ``params``, as a shared URL opens it."""
-    at = _app(monkeypatch, store)
+    at = _app(monkeypatch, store, read_only)
     at.query_params.update(params or {})
     return at.switch_page(page).run()
 
@@ -636,18 +637,18 @@ def test_a_filter_shown_later_starts_from_its_default_not_from_the_url(monkeypat
 
 
 BAD = "../../etc/passwd"
-JUNK = {  # every filter of each page given a value it cannot take
-    "views/overview.py": {"store": BAD, "group": BAD},
+JUNK = {  # every filter of each page given a value it cannot take; the tab too, where there are tabs
+    "views/overview.py": {"group": BAD},
     "views/spectra.py": {"group": BAD, "checkpoints": ["nope", BAD], "kinds": "%00", "metric": "__import__('os')",
                          "layers": ["0", "99"], "heat_checkpoint": "/etc/passwd", "esd_checkpoint": "",
-                         "matrix": "\x00"},
+                         "matrix": "\x00", "tab": BAD},
     "views/intruders.py": {"side": "up", "epsilon": "0.55", "kinds": BAD, "heat_checkpoint": "x", "compare": "x",
-                           "checkpoint": BAD, "matrix": "1", "lambda": "1.5"},
-    "views/sparsity.py": {"base": BAD, "definition": "rm -rf", "kinds": "x", "heat_checkpoint": ".."},
+                           "checkpoint": BAD, "matrix": "1", "lambda": "1.5", "tab": "Table "},
+    "views/sparsity.py": {"base": BAD, "definition": "rm -rf", "kinds": "x", "heat_checkpoint": "..", "tab": ""},
     "views/angles.py": {"base": BAD, "side": "0", "kinds": "x", "tasks": [BAD, "x"], "show": "1", "layer": "99",
-                        "task_a": BAD, "task_b": "x", "matrix": "x", "summed": "x"},
+                        "task_a": BAD, "task_b": "x", "matrix": "x", "summed": "x", "tab": "table"},
     "views/overlap.py": {"run": BAD, "of": "x", "side": "x", "reference": "nan", "kinds": "x", "matrix": "x",
-                         "rule": "x", "spectrum_matrix": "x", "tau": "0.5"},
+                         "rule": "x", "spectrum_matrix": "x", "tau": "0.5", "tab": "Tabelle"},
     "views/patching.py": {"model": BAD, "site": "x", "layer": "-1", "method": "x"},
     "views/compute.py": {"device": BAD},
 }
@@ -660,8 +661,9 @@ def test_bad_values_in_the_url_fall_back_to_the_defaults(monkeypatch, default_vi
     assert not at.exception
     assert _filters(at) == default_filters
     assert _specs(at) == default_figures
+    assert not at.tabs or _open_tab(at) == at.tabs[0].label, "a tab the page lacks opens the first"
     if page == "views/overview.py":
-        assert any("demo-store" in c.value for c in at.caption), "a link cannot pick the store"
+        assert any("demo-store" in c.value for c in at.caption), "the configured store, no filter taken"
     else:  # the page's parameters now say what it shows, the defaults: left out
         assert at.query_params == {}
 
@@ -725,7 +727,12 @@ def test_deselecting_one_of_many_checkpoints_writes_one_short_entry(monkeypatch)
     assert few.multiselect(key=f"spectra_checkpoints:{run}").value == everything[:1]  # a plain list still works
 
 
-@pytest.mark.parametrize("page", READING_PAGES)
+# every page with charts on the demo store (not an analysis it holds no results of)
+DRAWING_PAGES = ["views/overview.py", *(spec.page.path for spec in analysis.SPECS.values()
+                                        if spec.page and (DEMO / spec.name).is_dir()), "views/compare.py"]
+
+
+@pytest.mark.parametrize("page", DRAWING_PAGES)
 def test_every_chart_saves_as_an_svg_named_after_it(monkeypatch, page):
     at = _app(monkeypatch, DEMO).switch_page(page).run()
     charts = _charts(at)
@@ -733,3 +740,90 @@ def test_every_chart_saves_as_an_svg_named_after_it(monkeypatch, page):
     options = [json.loads(chart.proto.config)["toImageButtonOptions"] for chart in charts]
     assert all(o["format"] == "svg" and o["filename"].startswith("atlas-") for o in options)
     assert len({o["filename"] for o in options}) == len(options)  # each chart's file has its own name
+
+
+def _open_tab(at: AppTest) -> str:
+    """The label of the tab the page shows open (the page has one set of tabs)."""
+    (tabs,) = at.get("tab_container")
+    return tabs.children[tabs.proto.tab_container.default_tab_index].label
+
+
+# page: a tab other than the first, which a link names
+TABS = {"views/spectra.py": "Eigenvalue density", "views/intruders.py": "One matrix",
+        "views/sparsity.py": "Overlap vs chance", "views/angles.py": "Alignment",
+        "views/overlap.py": "Spectrum & WeLore"}
+
+
+@pytest.mark.parametrize("page", list(TABS))
+def test_the_open_tab_is_in_the_url_and_a_link_opens_it(monkeypatch, page):
+    at = _open(monkeypatch, page)
+    assert _open_tab(at) == at.tabs[0].label and "tab" not in at.query_params
+    tab = TABS[page]
+    again = _open(monkeypatch, page, {"tab": tab})
+    assert not again.exception
+    assert _open_tab(again) == again.session_state["tab"] == tab
+    assert again.query_params == {"tab": tab}
+    assert _specs(again) == _specs(at), "every tab's charts are drawn, whichever is open"
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_link_with_a_store_opens_it_unless_hosted(monkeypatch, run_store, read_only):
+    at = _open(monkeypatch, "views/spectra.py", {"store": str(run_store), "tab": "Table"}, store=DEMO,
+               read_only=read_only)
+    assert not at.exception and _open_tab(at) == "Table"
+    shown = set(at.dataframe[0].value["checkpoint"])
+    if read_only:  # a visitor cannot point the server at a path: the hosted store, and no box to type one in
+        assert "all-MiniLM-L6-v2" in shown and not at.sidebar.text_input
+        return
+    assert shown == {"run/checkpoint-10", "run/checkpoint-20"}
+    assert at.sidebar.text_input(key="store_root").value == str(run_store)
+    assert at.query_params == {"store": str(run_store), "tab": "Table"}
+    at.sidebar.text_input(key="store_root").set_value(str(DEMO)).run()  # back to the configured store …
+    assert not at.exception and at.query_params == {"tab": "Table"}  # … which the link leaves out
+
+
+def _in_order(node) -> list:
+    """Every element under ``node`` in the order the page draws them (a column's or tab's in turn)."""
+    children = getattr(node, "children", None)
+    return [node] if children is None else [e for child in children.values() for e in _in_order(child)]
+
+
+@pytest.mark.parametrize("page", DRAWING_PAGES)
+def test_every_chart_has_a_how_to_read_it_caption_right_after_it(monkeypatch, page):
+    at = _app(monkeypatch, DEMO).switch_page(page).run()
+    drawn = _in_order(at.main)
+    charts = [k for k, element in enumerate(drawn) if element.type == "plotly_chart"]
+    assert charts and not at.exception
+    after = [drawn[k + 1] for k in charts if k + 1 < len(drawn)]
+    explained = [e for e in after if e.type == "caption" and e.value.startswith("How to read this: ")]
+    assert len(explained) == len(charts), [getattr(e, "value", e.type) for e in after]
+
+
+@pytest.fixture(scope="module")
+def moe_store(tmp_path_factory) -> Path:
+    """A store with the spectra of a tiny Mixtral (Transformers' own class; fused 3-D experts)."""
+    import test_moe
+
+    root = tmp_path_factory.mktemp("moe")
+    test_moe._spectra(test_moe._write_fused(test_moe._mixtral().state_dict(), root / "mixtral"), root / "S")
+    return root / "S"
+
+
+def test_an_moe_store_gets_an_experts_tab_with_every_expert_by_layer(monkeypatch, moe_store):
+    at = _open(monkeypatch, "views/spectra.py", {"tab": "Experts", "metric": "stable_rank"}, store=moe_store)
+    assert not at.exception and _open_tab(at) == "Experts"
+    from subspace_atlas.store import Store
+
+    figures = {fig["layout"].get("title", {}).get("text", ""): fig
+               for fig in (json.loads(c.proto.spec) for c in at.get("plotly_chart"))}
+    kind = at.selectbox(key="spectra_expert_kind").value
+    [heat] = [f for title, f in figures.items() if title.endswith(f"every {kind} expert, by layer")]
+    stored = Store(moe_store).table("spectra", "matrices")
+    mine = stored[stored["kind"] == kind].dropna(subset=["expert"])
+    z = np.array([_plotly_array(row) for row in heat["data"][0]["z"]] if isinstance(heat["data"][0]["z"], list)
+                 else _plotly_array(heat["data"][0]["z"]).reshape(mine["expert"].nunique(), -1), dtype=float)
+    for _, row in mine.iterrows():
+        assert z[int(row["expert"]), int(row["layer"])] == pytest.approx(row["stable_rank"])
+    assert any(title.startswith("stable rank across experts") for title in figures)
+    plain = _open(monkeypatch, "views/spectra.py", store=DEMO)  # no experts: no such tab
+    assert "Experts" not in [t.label for t in plain.tabs]

@@ -205,7 +205,10 @@ def test_axis_titles_are_words_and_ticks_whole_numbers(matrices):
         assert all(t and "_" not in t for t in titles), titles
     assert figures[0].layout.yaxis.title.text == charts.LABELS["rank_ratio"]
     assert figures[3].layout.yaxis.title.text.startswith("θ<sub>i</sub>")
-    assert figures[4].layout.yaxis.title.text == "σ<sub>i</sub>"
+    assert figures[4].layout.yaxis.title.text == "singular value σᵢ"
+    for fig in (figures[4], charts.singular_value_curves(pd.DataFrame({"checkpoint": "a", "index": [0, 1, 2],
+                                                                       "sigma": [3.0, 2.0, 1.0]}))):
+        assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.minorloglabels == "complete"  # 0.2, not "2"
     pairs = pd.DataFrame({"checkpoint_a": ["a"], "checkpoint_b": ["b"], "overlap": [0.2], "mean_angle_deg": [60.0]})
     title = charts.task_overlap_matrix(pairs, "mean_angle_deg").layout.title.text
     assert "mean_angle_deg" not in title and "mean mean" not in title
@@ -316,3 +319,38 @@ def test_stored_jobs_counts_jobs_per_analysis_and_device():
     assert bars == {("cpu", "spectra"): 3, ("cuda", "spectra"): 2, ("cpu", "overlap"): 2}
     cuda = next(t for t in fig.data if t.name == "cuda")
     assert list(cuda.customdata[0]) == [2, 20, 8.0]  # checkpoints, matrices, seconds summed (3 + 5)
+
+
+# ---------------------------------------------------------------- MoE experts
+
+
+def _experts() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [{"checkpoint": "m", "tensor": f"layers.{layer}.mlp.experts.{kind}_proj[{e}]", "layer": layer, "kind": kind,
+             "expert": e, "alpha": float(rng.uniform(2, 6))}
+            for layer in range(3) for kind in ("down", "gate") for e in range(4)]
+    rows.append({"checkpoint": "m", "tensor": "layers.0.self_attn.q_proj", "layer": 0, "kind": "q", "expert": None,
+                 "alpha": 9.0})
+    return pd.DataFrame(rows).astype({"expert": "Int64"})
+
+
+def test_expert_layer_heatmap_puts_each_experts_value_in_its_cell():
+    frame = _experts()
+    fig = charts.expert_layer_heatmap(frame, "alpha", "gate")
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (4, 3)  # experts × layers; the q row (no expert) and down experts are left out
+    for _, row in frame[(frame["kind"] == "gate")].iterrows():
+        assert z[int(row["expert"]), int(row["layer"])] == row["alpha"]
+    assert charts.expert_layer_heatmap(frame, "alpha", "q").layout.annotations  # no experts of that kind: says so
+
+
+def test_spread_across_experts_is_the_median_and_range_per_layer():
+    frame = _experts()
+    fig = charts.spread_across_experts(frame, "alpha")
+    assert sorted(t.name for t in fig.data) == ["down", "gate"]
+    down = next(t for t in fig.data if t.name == "down")
+    for k, layer in enumerate(down.x):
+        values = frame.loc[(frame["kind"] == "down") & (frame["layer"] == layer), "alpha"].to_numpy()
+        assert down.y[k] == pytest.approx(np.median(values))
+        assert down.y[k] + down.error_y.array[k] == pytest.approx(values.max())
+        assert down.y[k] - down.error_y.arrayminus[k] == pytest.approx(values.min())

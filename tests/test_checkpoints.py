@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import threading
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import toy_checkpoints as toy
 from subspace_atlas.checkpoints import _step_of, open_checkpoints
@@ -299,6 +301,44 @@ def test_identity_of_sharded_and_pickle_copies(tmp_path, llama_state):
     shutil.copyfile(pt, pt2)
     assert only(pt).identity() == only(pt2).identity()
     assert only(pt).identity() != only(sharded).identity()
+
+
+# ---------------------------------------------------------------- tied embeddings
+
+_LLAMA = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"]
+_CAUSAL = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+
+
+def _model(folder, names: list[str], config: dict | None) -> object:
+    """A folder of 2-D tensors ``names`` and, unless None, ``config`` as its config.json, opened."""
+    folder.mkdir()
+    save_file({name: torch.zeros(4, 2) for name in names}, folder / "model.safetensors")
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    return only(folder)
+
+
+@pytest.mark.parametrize("names, config, tied", [
+    (_LLAMA, {**_CAUSAL, "tie_word_embeddings": True}, {"model.embed_tokens.weight"}),
+    (_LLAMA, {**_CAUSAL, "tie_word_embeddings": False}, set()),
+    (_LLAMA + ["lm_head.weight"], {**_CAUSAL, "tie_word_embeddings": True}, set()),  # the head is stored
+    (_LLAMA, _CAUSAL, set()),  # no key: LlamaConfig's default, false
+    (["transformer.wte.weight", "transformer.wpe.weight"], {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
+     {"transformer.wte.weight"}),  # no key: GPT2Config's default, true; the position embedding is no output
+    (["embeddings.word_embeddings.weight", "embeddings.token_type_embeddings.weight"],
+     {"model_type": "bert", "architectures": ["BertModel"]}, set()),  # as all-MiniLM-L6-v2: an encoder, no LM head
+    (["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"],
+     {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "tie_word_embeddings": True},
+     {"shared.weight"}),  # old T5 files store the copies; the head ties to `shared`
+], ids=["causal-lm", "explicit-false", "head-stored", "llama-default", "gpt2-default", "encoder", "t5-copies"])
+def test_tied_embeddings_from_config_and_tensor_names(tmp_path, names, config, tied):
+    assert _model(tmp_path / "m", names, config).tied_embeddings() == tied
+
+
+def test_no_config_claims_no_tying(tmp_path):
+    """An embedding without ``lm_head`` and no config.json is not marked: the names alone cannot tell a causal LM
+    that ties from a headless encoder or base model (``BertModel``, ``LlamaModel``), which store the same."""
+    assert _model(tmp_path / "m", _LLAMA, None).tied_embeddings() == frozenset()
 
 
 # ---------------------------------------------------------------- bad input

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +24,9 @@ import pytest
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PAGES = {"": 3, "spectra": 4, "intruders": 6, "sparsity": 5, "angles": 2, "overlap": 1, "patching": 4}
+# every page of the navigation (URL path: charts drawn on the demo store; no randomization results are stored there)
+PAGES = {"": 3, "spectra": 4, "intruders": 6, "sparsity": 5, "angles": 2, "overlap": 1, "patching": 4,
+         "randomization": 0, "compare": 3, "compute": 0}
 SHOTS = Path(os.environ.get("E2E_SCREENSHOTS", ROOT / "test-artifacts" / "e2e"))
 
 
@@ -84,10 +87,39 @@ def charts(page, at_least: int) -> int:
 def test_every_page_renders_its_charts(app_url, browser, path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{app_url}/{path}")
+    page.get_by_role("heading", level=1).first.wait_for(timeout=60_000)
     assert charts(page, PAGES[path]) >= PAGES[path]
     assert page.locator("[data-testid='stException']").count() == 0
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{path or 'overview'}.png"), full_page=True)
+    page.close()
+
+
+def test_the_pages_visited_are_the_navigation():
+    from subspace_atlas import analysis
+
+    registered = {Path(spec.page.path).stem for spec in analysis.SPECS.values() if spec.page}
+    assert set(PAGES) == {"", "compare", "compute"} | registered
+
+
+def test_a_link_with_a_store_and_a_tab_opens_both_in_a_fresh_page(app_url, browser, tmp_path):
+    store = tmp_path / "angles-only"
+    shutil.copytree(ROOT / "data" / "demo-store" / "angles", store / "angles")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # a new page: no session, only the link
+    page.goto(f"{app_url}/angles?{urllib.parse.urlencode({'store': store, 'tab': 'By layer'})}")
+    tab = page.get_by_role("tab", name="By layer")
+    tab.wait_for(timeout=60_000)
+    assert tab.get_attribute("aria-selected") == "true"
+    shown = page.locator("[role='tabpanel']:visible .js-plotly-plot .gtitle")
+    shown.first.wait_for(timeout=60_000)
+    assert shown.evaluate_all("titles => titles.map(t => t.textContent.replaceAll('\\u200b', ''))") == [
+        "subspace overlap ‖QaᵀQb‖²F / k across layers"]  # that tab's chart, drawn
+    assert page.locator("[data-testid='stSidebar'] input").input_value() == str(store)
+    _shot(page, "angles-from-link")
+    page.get_by_role("link", name="Overview").click()  # the store goes along; the tab stays with its page
+    page.get_by_text(f"Store: {store}").wait_for(timeout=60_000)
+    page.wait_for_function("document.location.search.includes('store=')", timeout=60_000)
+    assert "tab=" not in page.url
     page.close()
 
 

@@ -15,6 +15,7 @@ import test_scan  # noqa: E402
 import toy_checkpoints as toy  # noqa: E402
 from subspace_atlas import analysis, executors, scan  # noqa: E402
 from subspace_atlas.store import Store  # noqa: E402
+from subspace_atlas.specs import SCAN_MODELS  # noqa: E402
 
 pytestmark = pytest.mark.integration
 folder = test_scan.folder  # a base, a run, LoRA adapters, a full fine-tune and an atlas-scan.json
@@ -73,7 +74,7 @@ def test_scan_on_ray_equals_local(folder, tmp_path, capsys):
     assert cli(capsys, "scan", folder, "--store", tmp_path / "local", "--device", "cpu")[0] == 0
     rc, out, err = cli(capsys, "scan", folder, "--store", tmp_path / "ray", "--executor", "ray")
     assert rc == 0, err
-    assert set(Store(str(tmp_path / "ray")).analyses()) == set(scan.names())
+    assert set(Store(str(tmp_path / "ray")).analyses()) == set(scan.default_names())
     assert_same_results(tmp_path / "local", tmp_path / "ray")
 
     before = snapshot(tmp_path / "ray")
@@ -139,10 +140,11 @@ def test_scan_on_ray_keeps_going_past_bad_checkpoints(tmp_path, llama_state, cap
     root, store = tmp_path / "models", tmp_path / "ray"
     toy.write_hf_folder(root / "good", llama_state)
     bad = toy.truncate(toy.write_hf_folder(root / "pickled", llama_state, fmt="bin") / "pytorch_model.bin")
+    per_model = len([s for s in analysis.batch_specs() if s.scan == SCAN_MODELS and not s.opt_in])  # spectra, …
     rc, out, err = cli(capsys, "scan", root, "--store", store, "--executor", "ray")
-    assert rc == 1 and out.splitlines()[-1] == f"scan: computed 1 job(s), 0 already stored → {store}"
+    assert rc == 1 and out.splitlines()[-1] == f"scan: computed {per_model} job(s), 0 already stored → {store}"
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
     assert len(failed) == 1 and failed[0].startswith(f"failed: {bad}: not a readable torch checkpoint")
     assert set(Store(store).table("spectra", "matrices")["checkpoint"]) == {"good"}
     rc, out, _ = cli(capsys, "scan", root, "--store", store, "--executor", "ray")
-    assert rc == 1 and "computed 0 job(s), 1 already stored" in out
+    assert rc == 1 and f"computed 0 job(s), {per_model} already stored" in out

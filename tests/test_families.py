@@ -5,6 +5,7 @@ writes: per-expert for Mixtral and DeepSeek, fused 3-D for gpt-oss). The count o
 give comes from the model's ``state_dict()`` alone: every weight of two or three dimensions (biases,
 norms and sinks aside), a tied weight once, a 3-D expert tensor one matrix per expert (two for a fused
 gate_up). The reference singular values are ``torch.linalg.svdvals`` of the model's own parameters.
+A tied embedding is its one row marked ``tied``; untied families have no ``tied`` column.
 """
 
 from __future__ import annotations
@@ -133,6 +134,13 @@ def test_every_weight_matrix_is_analysed_once_under_its_familys_names(tmp_path, 
     assert bool(tied) == (family in TIED)
     for group in tied:  # analysed once, as the input embedding
         assert spectra.loc[spectra["tensor"].isin(group), "kind"].tolist() == ["embed"], group
+    for table in (spectra, intruders):  # and marked tied there, in tied families only
+        if family in TIED:
+            marked = table.loc[table["tied"].fillna(False), "tensor"].tolist()
+            assert len(marked) == 1 and any(marked[0] in group for group in tied), marked
+            assert table.loc[table["tied"].fillna(False), "kind"].tolist() == ["embed"]
+        else:
+            assert "tied" not in table
     experts = spectra[spectra["expert"].notna()] if "expert" in spectra else spectra.iloc[:0]
     if family in MOES:
         assert set(experts["kind"]) == {"gate", "up", "down"}

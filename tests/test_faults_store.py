@@ -192,6 +192,27 @@ def test_a_run_with_work_removes_what_killed_writers_left_once_it_is_old(tmp_pat
     assert len(after) > len(before) and set(before["checkpoint"]) < set(after["checkpoint"])
 
 
+def test_a_relative_store_keeps_its_old_jobs_when_a_run_with_work_sweeps_leftovers(tmp_path, tiny_model,
+                                                                                   monkeypatch):
+    """The default store is the relative ``./atlas-store``: its files must not look unnamed to the leftover sweep
+    (a relative root once did: the second run, an hour later, deleted every earlier job's tables)."""
+    import toy_checkpoints as toy
+
+    from subspace_atlas.verify import LEFTOVER_AGE_S
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["spectra", str(tiny_model), "--store", "S"]) == 0
+    stale = time.time() - LEFTOVER_AGE_S - 60
+    for path in (tmp_path / "S").rglob("*.parquet"):
+        os.utime(path, (stale, stale))
+    before = Store("S").table("spectra", "values")
+    other = toy.write_hf_folder(tmp_path / "other", toy.llama_state(seed=5))
+    assert main(["spectra", str(other), "--store", "S"]) == 0
+    after = Store("S").table("spectra", "values")
+    assert set(after["checkpoint"]) == set(before["checkpoint"]) | {"other"}
+    assert main(["verify", "--store", "S"]) == 0
+
+
 # ---------------------------------------------------------------------------------------------- readers
 
 def _broken_demo(tmp_path):

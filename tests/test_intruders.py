@@ -10,6 +10,7 @@ import toy_checkpoints as toy
 from subspace_atlas.adapters import LoraUpdate
 from subspace_atlas.analysis import intruders
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.pairs import PairedMatrix
 from subspace_atlas.specs.intruders import Params
 
@@ -20,7 +21,7 @@ NAME = "layers.0.mlp.up_proj.weight"
 def run_one(w0: torch.Tensor, tuned, params=Params(), **kw) -> dict:
     info = TensorInfo(NAME, tuple(w0.shape), "float64")
     item = PairedMatrix(info, "key", lambda: w0, [(0, lambda: tuned)])
-    return intruders.compute([item], params, workers=1, **kw)
+    return intruders.compute([item], params, ComputeContext(workers=1), **kw)
 
 
 def numpy_reference(w0: np.ndarray, w: np.ndarray, k: int = 10):

@@ -1,4 +1,4 @@
-"""linalg.singular_values and resolve_device against NumPy's LAPACK SVD and planted ground truths.
+"""linalg.singular_values against NumPy's LAPACK SVD and planted ground truths (device choice: test_context).
 
 Tolerances. ``gram`` takes eigenvalues of WᵀW accumulated in float64: an eigenvalue of the Gram
 matrix is accurate to ≈ ε64·σmax² ≈ 2e-16·σmax² in absolute terms, so σ = √λ is accurate to
@@ -182,45 +182,6 @@ def test_explicit_cpu_device_gives_the_same_values():
     a = np.random.default_rng(10).standard_normal((2, 30, 20))
     got = linalg.singular_values(torch.from_numpy(a), "gram", device=torch.device("cpu"))
     assert_close(got, reference(a), TOL)
-
-
-# --------------------------------------------------------------------------- resolve_device
-
-def test_auto_is_cpu_without_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert linalg.resolve_device("auto") == torch.device("cpu")
-    assert linalg.resolve_device() == torch.device("cpu")
-
-
-def test_auto_is_cuda_with_cuda(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert linalg.resolve_device("auto").type == "cuda"
-
-
-def test_auto_here_matches_the_machine():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    if expected == "cuda":
-        pytest.skip("this machine has CUDA; the no-CUDA branch is covered with a monkeypatch")
-    assert linalg.resolve_device("auto") == torch.device("cpu")
-
-
-def test_cpu_is_cpu():
-    assert linalg.resolve_device("cpu") == torch.device("cpu")
-
-
-@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:1"])
-def test_cuda_without_cuda_is_an_atlas_error(monkeypatch, spec):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(AtlasError, match="no CUDA device"):
-        linalg.resolve_device(spec)
-
-
-@pytest.mark.parametrize("cuda", [False, True], ids=["no-cuda", "cuda"])
-@pytest.mark.parametrize("spec", ["gpu", "tpu", "", "CPU", "cpux", "mps:0", " cpu", "cuda:x", "cuda0", "cuda:-1"])
-def test_garbage_is_an_atlas_error(monkeypatch, spec, cuda):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    with pytest.raises(AtlasError):
-        linalg.resolve_device(spec)
 
 
 @pytest.mark.parametrize("method", ["gram", "gram32", "svd"])

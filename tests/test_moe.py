@@ -1,4 +1,4 @@
-"""MoE and other 3-D weights: fused experts, their per-expert twins, routers and per-head attention.
+"""MoE 3-D weights: fused experts, their per-expert twins and routers (per-head attention: ``test_heads``).
 
 Tiny Mixtral and Qwen3-MoE models come from transformers' own config classes (random weights). Their
 ``state_dict()`` is the Transformers 5 fused layout; ``save_pretrained`` writes the per-expert layout
@@ -119,6 +119,7 @@ def test_every_fused_expert_is_a_matrix_with_the_models_own_spectrum(tmp_path, a
     assert experts.groupby(["layer", "kind"]).size().eq(EXPERTS).all()
     assert set(matrices.loc[matrices["tensor"].str.endswith("mlp.gate.weight"), "kind"]) == {"router"}
     assert matrices.loc[matrices["expert"].isna(), "kind"].ne("other").all()
+    assert "head" not in matrices  # no per-head attention tensors: no head column
     for kind, reference in _as_used(model, 1, 2).items():
         [tensor] = experts.loc[(experts["layer"] == 1) & (experts["expert"] == 2) & (experts["kind"] == kind), "tensor"]
         torch.testing.assert_close(_sigmas(values, tensor), torch.linalg.svdvals(reference), rtol=1e-4, atol=1e-6)
@@ -238,25 +239,6 @@ def test_other_analyses_take_fused_experts_as_they_are(tmp_path, analysis, table
     assert experts["tensor"].nunique() == 2 * 3 * EXPERTS
 
 
-def test_transformer_lens_heads_are_joined_along_d_head(tmp_path):
-    torch.manual_seed(3)
-    heads, d_model, d_head = 4, 16, 3
-    state = {"blocks.0.attn.W_Q": torch.randn(heads, d_model, d_head),
-             "blocks.0.attn.W_O": torch.randn(heads, d_head, d_model),
-             "blocks.0.mlp.W_in": torch.randn(d_model, 32)}
-    matrices, values = _spectra(_write_fused(state, tmp_path / "tl"), tmp_path / "S")
-    got = matrices.set_index("tensor")
-    assert got.loc["blocks.0.attn.W_Q[heads]", "kind"] == "q" and got.loc["blocks.0.attn.W_O[heads]", "kind"] == "o"
-    assert "expert" not in matrices  # no experts: the table is as it always was
-    joined = {"blocks.0.attn.W_Q[heads]": torch.cat(list(state["blocks.0.attn.W_Q"]), dim=1),
-              "blocks.0.attn.W_O[heads]": torch.cat(list(state["blocks.0.attn.W_O"]), dim=0)}
-    ckpt = open_checkpoints(tmp_path / "tl")[0]
-    for name, reference in joined.items():
-        torch.testing.assert_close(ckpt.load(name), reference)
-        torch.testing.assert_close(_sigmas(values, name), torch.linalg.svdvals(reference.double()),
-                                   rtol=1e-4, atol=1e-6)
-
-
 def test_select_cuts_known_3d_tensors_and_skips_the_rest():
     infos = [TensorInfo("layers.0.mlp.experts.gate_up_proj", (2, 8, 5), "bfloat16"),
              TensorInfo("layers.0.mlp.experts.down_proj", (2, 5, 4), "bfloat16"),
@@ -310,3 +292,17 @@ NAMES = {  # name → (layer, kind, expert)
 def test_expert_router_and_head_names(name):
     layer, kind, index = NAMES[name]
     assert classify(name) == (layer, kind) and expert(name) == index and kind in KINDS
+
+
+def test_scan_finds_an_moe_checkpoint_like_any_other(tmp_path):
+    """A folder holding a fused-expert model and a dense one: scan plans and stores both, experts expanded."""
+    import toy_checkpoints as toy
+
+    root = tmp_path / "models"
+    _write_fused(_mixtral().state_dict(), root / "mixtral")
+    toy.write_hf_folder(root / "dense", toy.llama_state())
+    assert main(["scan", str(root), "--store", str(tmp_path / "S"), "--analyses", "spectra", "--device", "cpu"]) == 0
+    matrices = Store(tmp_path / "S").table("spectra", "matrices")
+    assert set(matrices["checkpoint"]) == {"mixtral", "dense"}
+    experts = matrices[matrices["expert"].notna()]
+    assert set(experts["checkpoint"]) == {"mixtral"} and experts.groupby(["layer", "kind"]).size().eq(EXPERTS).all()

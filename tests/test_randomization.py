@@ -20,7 +20,8 @@ import torch
 from subspace_atlas import linalg
 from subspace_atlas.analysis import randomization as R
 from subspace_atlas.checkpoints import TensorInfo
-from subspace_atlas.specs.randomization import Params, select
+from subspace_atlas.context import ComputeContext
+from subspace_atlas.specs.randomization import SPEC, Params
 
 ROOT = Path(__file__).resolve().parent.parent
 N, M = 600, 200
@@ -142,8 +143,9 @@ def test_deterministic_per_matrix_and_seed_dependent():
     assert all(a[k].equals(_run(w, name="x")[k]) for k in a)
     other = _gauss(8)
     t, u = torch.from_numpy(w.astype(np.float32)), torch.from_numpy(other.astype(np.float32))
+    # another neighbour, threads, all copies in one batch
     both = R.compute([(TensorInfo("y", (N, M), "float32"), u), (TensorInfo("x", (N, M), "float32"), t)], Params(),
-                     workers=2, batch_bytes=1 << 30)  # another neighbour, threads, all copies in one batch
+                     ComputeContext(batch_bytes=1 << 30, workers=2))
     mine = both["matrices"].set_index("tensor").loc["x"]
     np.testing.assert_allclose(mine[["max_rand_eval", "rand_distance", "rand_bulk_max"]].to_numpy(float),
                                a["matrices"].iloc[0][["max_rand_eval", "rand_distance", "rand_bulk_max"]]
@@ -289,7 +291,7 @@ def test_page_draws_from_a_store(tmp_path, monkeypatch):
                for i in range(2)} | {"model.layers.1.mlp.up_proj.weight": trap}
     save_file(weights, str(tmp_path / "model.safetensors"))
     (ckpt,) = open_checkpoints(tmp_path / "model.safetensors")
-    taken, _ = select(ckpt.tensors())
+    taken, _ = SPEC.select(ckpt.tensors())
     stream = zip(taken, (t for _, t in ckpt.stream([i.name for i in taken])))
     tables = {name: _labelled(frame, ckpt.name) for name, frame in R.compute(stream, Params()).items()}
     assert tables["matrices"]["num_traps"].max() >= 1

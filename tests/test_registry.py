@@ -28,7 +28,7 @@ class NormParams:
     power: float = field(default=2.0, metadata={"help": "which entrywise p-norm of each matrix"})
 
 
-def norms(stream, params: NormParams, device, batch_bytes) -> dict[str, pd.DataFrame]:
+def norms(stream, params: NormParams, context) -> dict[str, pd.DataFrame]:
     """The analysis's compute: one row per matrix with its entrywise p-norm."""
     rows = [{"tensor": info.name, "norm": float(torch.linalg.vector_norm(t.double(), params.power))}
             for info, t in stream]

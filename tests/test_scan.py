@@ -60,7 +60,7 @@ def test_scan_computes_then_skips(folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "scan: computed" in out
     s = Store(store)
-    assert set(s.analyses()) == set(scan.names())  # the folder has something for every registered analysis
+    assert set(s.analyses()) == set(scan.default_names())  # the folder has something for every analysis scan runs
     spectra = s.table("spectra", "matrices")
     assert "junk" not in " ".join(spectra["checkpoint_path"])
     overlap = s.table("overlap", "subspaces")
@@ -71,6 +71,11 @@ def test_scan_computes_then_skips(folder, tmp_path, capsys):
     assert "computed 0 job(s)" in capsys.readouterr().out
     assert cli.main(["scan", str(folder), "--store", str(store), "--analyses", "spectra", "--dry-run"]) == 0
     assert "0 to compute" in capsys.readouterr().out
+    opt_in = sorted(set(scan.names()) - set(scan.default_names()))  # randomization: only when named
+    assert opt_in and not set(opt_in) & set(s.analyses())
+    assert cli.main(["scan", str(folder), "--store", str(store), "--analyses", *opt_in, "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert all(f"plan: {name} of" in planned for name in opt_in) and "0 stored" in planned
 
 
 def test_bad_input_is_one_clear_line(folder, tmp_path, capsys):

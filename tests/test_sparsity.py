@@ -10,6 +10,7 @@ import toy_checkpoints as toy
 from subspace_atlas import cli
 from subspace_atlas.analysis import sparsity
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.pairs import PairedMatrix
 from subspace_atlas.specs.sparsity import Params
 from subspace_atlas.store import Store
@@ -21,7 +22,7 @@ NAME = "model.layers.0.mlp.up_proj.weight"
 def run(base: torch.Tensor, tuned: list[torch.Tensor], params=Params(), pairs=()):
     info = TensorInfo(NAME, tuple(base.shape), str(base.dtype).removeprefix("torch."))
     item = PairedMatrix(info, "key", lambda: base, [(k, lambda t=t: t) for k, t in enumerate(tuned)])
-    return sparsity.compute([item], params, workers=1, pairs=pairs)
+    return sparsity.compute([item], params, ComputeContext(workers=1), pairs=pairs)
 
 
 # ---------------------------------------------------------------- ulp arithmetic

@@ -13,6 +13,7 @@ import torch
 from subspace_atlas import linalg
 from subspace_atlas.analysis import esd, spectra
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.specs.spectra import Params, select
 
 pytestmark = pytest.mark.unit
@@ -200,7 +201,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_compute_matches_numpy(method, batch_bytes, device):
     mats = stream_fixture()
     params = Params(method=method, svd_dtype="float64")
-    out = spectra.compute(make_stream(mats), params, torch.device(device), batch_bytes=batch_bytes)
+    out = spectra.compute(make_stream(mats), params, ComputeContext(device, batch_bytes))
     matrices, values = out["matrices"], out["values"]
     assert list(matrices["tensor"]) == [name for name, _ in mats]
     for name, t in mats:
@@ -249,8 +250,8 @@ def test_a_tall_matrix_split_over_workers_matches_numpy_and_its_unsplit_self_bit
     assert all(linalg.splittable(t.shape) for n, t in mats if n != "small")
     assert len(linalg.row_blocks(torch.zeros(1, 3000, 40), torch.float64)) == 12  # ⌈3000/16⌉ = 188 < 256 rows
     params = Params(method=method)
-    one = spectra.compute(make_stream(mats), params, workers=1)
-    four = spectra.compute(make_stream(mats), params, workers=4)
+    one = spectra.compute(make_stream(mats), params, ComputeContext(workers=1))
+    four = spectra.compute(make_stream(mats), params, ComputeContext(workers=4))
     pd.testing.assert_frame_equal(one["values"], four["values"], check_exact=True)
     pd.testing.assert_frame_equal(one["matrices"], four["matrices"], check_exact=True)
     rows = four["matrices"].set_index("tensor")
@@ -264,15 +265,15 @@ def test_a_tall_matrix_split_over_workers_matches_numpy_and_its_unsplit_self_bit
 
 def test_batched_and_unbatched_agree():
     mats = stream_fixture()
-    one = spectra.compute(make_stream(mats), PARAMS, batch_bytes=0)
-    many = spectra.compute(make_stream(mats), PARAMS, batch_bytes=1 << 30)
+    one = spectra.compute(make_stream(mats), PARAMS, ComputeContext(batch_bytes=0))
+    many = spectra.compute(make_stream(mats), PARAMS, ComputeContext(batch_bytes=1 << 30))
     pd.testing.assert_frame_equal(one["values"], many["values"], rtol=1e-10)
     pd.testing.assert_frame_equal(one["matrices"], many["matrices"], rtol=1e-8)
 
 
 def test_non_finite_matrix_gets_nan_metrics_and_no_values():
     mats = stream_fixture()
-    out = spectra.compute(make_stream(mats), PARAMS, batch_bytes=1 << 30)
+    out = spectra.compute(make_stream(mats), PARAMS, ComputeContext(batch_bytes=1 << 30))
     matrices = out["matrices"].set_index("tensor")
     bad = matrices.loc["nan"]
     assert bad["nonfinite"] == 2

@@ -277,3 +277,30 @@ def test_parts_encode_floats_byte_stream_split_and_names_as_dictionaries(tmp_pat
     assert "BYTE_STREAM_SPLIT" in encodings["alpha"]
     assert {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & encodings["checkpoint"]
     pd.testing.assert_frame_equal(store.table("spectra", "matrices"), want)
+
+
+def test_rows_true_in_first_columns_are_stored_ahead_so_a_filter_on_them_skips_row_groups(tmp_path, monkeypatch):
+    import pyarrow.dataset as ds
+
+    from subspace_atlas import store as store_module
+
+    monkeypatch.setattr(store_module, "ROW_GROUP_ROWS", 100)
+    rng = np.random.default_rng(0)
+    n = 2000
+    frame = pd.DataFrame({"tensor": rng.choice(["a", "b", "c"], n), "previous": rng.random(n) < 0.05,
+                          "to_last": rng.random(n) < 0.05, "overlap": rng.random(n)})
+    store = Store(tmp_path)
+    store.write("overlap", "job", {"pairs": frame}, {}, first={"pairs": ("previous", "to_last")})
+    path = store.parts("overlap", "pairs")[0]
+    stored = pq.read_table(path).to_pandas()
+    flagged = stored["previous"] | stored["to_last"]
+    assert flagged.iloc[:flagged.sum()].all() and not flagged.iloc[flagged.sum():].any()  # flagged rows first
+    within = stored[~flagged]
+    assert within["tensor"].is_monotonic_increasing  # then one matrix's rows together
+    fragment = next(ds.dataset(path).get_fragments())
+    wanted = ds.field("previous") | ds.field("to_last")
+    kept = fragment.split_by_row_group(wanted)
+    assert len(kept) <= -(-int(flagged.sum()) // 100) + 1 < pq.ParquetFile(path).num_row_groups
+    got = store.table("overlap", "pairs", {"previous": True})
+    want = frame[frame["previous"]]
+    assert sorted(got["overlap"]) == sorted(want["overlap"])

@@ -177,3 +177,20 @@ def planted_intruders(rows: int = 80, cols: int = 48, seed: int = 0):
     w = u @ np.diag(s) @ v0.T
     expected = {0: (1.0, 40), 2: (0.0, None), 5: (0.0, None), 8: (0.3, 7)}
     return torch.tensor(w0, dtype=torch.float64), torch.tensor(w, dtype=torch.float64), expected
+
+
+def transformer_lens_state(seed: int = 0, layers: int = 2, heads: int = 3, d_head: int = 8) -> dict[str, torch.Tensor]:
+    """A tiny TransformerLens ``HookedTransformer`` state dict: per-head attention weights ``W_Q`` ``W_K`` ``W_V``
+    ``[heads, d_model, d_head]`` and ``W_O`` ``[heads, d_head, d_model]``, 2-D MLP and embedding matrices, 1-D norms."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {"embed.W_E": _randn(gen, VOCAB, HIDDEN)}
+    for i in range(layers):
+        p = f"blocks.{i}."
+        for w in "QKV":
+            state[f"{p}attn.W_{w}"] = _randn(gen, heads, HIDDEN, d_head)
+        state[p + "attn.W_O"] = _randn(gen, heads, d_head, HIDDEN)
+        state[p + "mlp.W_in"] = _randn(gen, HIDDEN, INTER)
+        state[p + "mlp.W_out"] = _randn(gen, INTER, HIDDEN)
+        state[p + "ln1.w"] = _randn(gen, HIDDEN)
+    state["unembed.W_U"] = _randn(gen, HIDDEN, VOCAB)
+    return state

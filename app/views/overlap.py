@@ -46,16 +46,27 @@ if versus.empty:
     st.stop()
 
 steps_tab, grid_tab, matrix_tab, settle_tab, spectrum_tab, raw_tab = st.tabs(
-    ["Over training", "Layer × step", "Checkpoint × checkpoint", "Convergence", "Spectrum & WeLore", "Table"])
+    ["Over training", "Layer × step", "Checkpoint × checkpoint", "Convergence", "Spectrum & WeLore", "Table"],
+    key="tab", bind="query-params")
 with steps_tab:
     show(charts.overlap_over_steps(versus, reference), key="overlap_steps")
+    st.caption(f"How to read this: one line per layer (dark early, bright late), its top-k subspace's overlap with "
+               f"the {reference} checkpoint against step; near 1 the subspace holds still, near the dotted chance "
+               "line it is as unrelated as a random one (GaLore's premise that gradient subspaces move slowly; "
+               "Zhao et al. 2024).")
 with grid_tab:
     show(charts.overlap_layer_step(versus, reference), key="overlap_grid")
+    st.caption("How to read this: the same overlap as a layer × step grid (mean over kinds); a bright row is a layer "
+               "whose subspace holds still, a dark column a step where many moved at once (GaLore; Zhao et al. "
+               "2024).")
 with matrix_tab:
     tensor = choose(st.selectbox, "Matrix", sorted(versus["tensor"].unique(), key=charts.natural_key),
                     key=f"overlap_tensor:{run}", url="matrix")
     show(charts.checkpoint_overlap_matrix(table(store, "overlap", "pairs", PAIR_COLUMNS, run=run, of=of, side=side,
                                                 tensor=tensor)), key="overlap_matrix")
+    st.caption("How to read this: this matrix's overlap between every two checkpoints; a bright block on the "
+               "diagonal is a stretch of training its subspace stayed put, which is what lets GaLore keep one "
+               "projector between refreshes (Zhao et al. 2024); grey pairs were not computed.")
 with settle_tab:
     if convergence is None:
         st.info("No convergence table stored.")
@@ -67,6 +78,9 @@ with settle_tab:
                        url="rule", format_func={"settled_step": f"overlap with previous stays ≥ {threshold:g}",
                                       "qgalore_step": "Q-GaLore: mean leading |cos| of 5 refreshes ≥ 0.4"}.get)
         show(charts.convergence_by_layer(conv, which), key="overlap_convergence")
+        st.caption("How to read this: per layer, the step from which every matrix meets the chosen rule; short bars "
+                   "are layers that settle early, whose projectors Q-GaLore refreshes less often (Zhang et al. "
+                   "2024), crosses never settled within the run.")
 with spectrum_tab:
     welore = table(store, "overlap", "welore", run=run)
     if welore is None or welore.empty:
@@ -79,8 +93,14 @@ with spectrum_tab:
                      help="threshold on (σ − σmin) / (σmax − σmin); WeLore's LLaMA-2 values")
         show(charts.spectrum_over_training(table(store, "overlap", "spectrum", run=run, tensor=name)),
              key="overlap_spectrum")
+        st.caption("How to read this: this matrix's singular values at each checkpoint (dark early, bright late, "
+                   "log scale); a tail falling away from the leading values is low-rank structure emerging (WeLore; "
+                   "Jaiswal et al. 2024).")
         shown = welore[(welore["tau"] == tau) & welore["kind"].isin(chosen)]
         show(charts.welore_over_steps(shown, float(welore["lrc_share"].iloc[0])), key="overlap_welore")
+        st.caption("How to read this: per kind, the share of min–max normalised singular values below τ over "
+                   "training; above the dotted line a kind's matrices are, on average, what WeLore counts as low-rank "
+                   "components (Jaiswal et al. 2024).")
 with raw_tab:
     st.caption(f"The pairs against the {reference} checkpoint shown above (the angles of each pair: "
                "`Store.table('overlap', 'pairs')`).")

@@ -29,6 +29,10 @@ clean = mine["clean_accuracy"].iloc[0]
 st.markdown(f"Clean accuracy on the held-out pairs (LD > 0): **{clean:.3f}**.")
 
 show(charts.verdict_grid(mine), key="patching_grid")
+st.caption("How to read this: each cell is the share of the logit difference the whole direction removes (FLDD) at "
+           "that layer and method, coloured by the verdict: faithful when its row-space part alone carries the "
+           "effect, illusory when it needs the null-space part (Makelov et al. 2023, *Is This the Subspace You Are "
+           "Looking For?*).")
 
 c3, c4 = st.columns(2)
 layers, methods = sorted(mine["layer"].unique()), sorted(mine["method"].unique())
@@ -50,7 +54,16 @@ if not one.empty:
         f"{one['readers'].iloc[0] or 'the answers’ unembedding (no later layer)'}.")
 left, right = st.columns(2)
 show(charts.effect_by_component(one), key="patching_components", where=left)
+left.caption("How to read this: FLDD of patching the whole activation, the direction v, and its row and null parts "
+             "alone (100 % = no preference left); v_row alone doing what v does is faithful, v_row doing nothing "
+             "while v works is the illusion (Makelov et al. 2023).")
 show(charts.norm_split(one), key="patching_norms", where=right)
+right.caption("How to read this: the size of v's two parts (‖v‖ = 1) and how much base and source differ along "
+              "each; a v_null that tracks the feature beside a v_row that stays still is the illusion's recipe, a "
+              "disconnected part switching on a dormant one (Makelov et al. 2023).")
 show(charts.effect_across_layers(mine[mine["method"] == method]), key="patching_layers")
+st.caption("How to read this: FLDD of each part across layers for this method; where the row line follows the full "
+           "one the direction acts through what reads it downstream, where only the full one is high it does not "
+           "(Makelov et al. 2023).")
 st.dataframe(mine.drop(columns=["model_path"]), hide_index=True)
 csv_download(mine, "patching", key="patching_csv")

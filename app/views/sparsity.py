@@ -33,17 +33,27 @@ finals = charts.in_step_order(view[view["run"].isna()])
 everything = charts.in_step_order(view)
 
 compare, heat, steps, overlap_tab, rank, raw = st.tabs(["Compare fine-tunes", "Layer × kind", "Over training",
-                                                         "Overlap vs chance", "Update rank", "Table"])
+                                                         "Overlap vs chance", "Update rank", "Table"],
+                                                        key="tab", bind="query-params")
 with compare:
     show(charts.sparsity_by_checkpoint(view[view["checkpoint"].isin(finals or everything)]), key="sparsity_compare")
+    st.caption("How to read this: the share of each fine-tune's entries left unchanged, one bar per definition; RL "
+               "fine-tunes update only 5–30 % of parameters (Mukherjee et al. 2025, *RL finetunes small "
+               "subnetworks*); exact counts bit-equal entries, so in bf16 also updates too small to survive "
+               "rounding (*The Path Not Taken*), and atol or ulp bars above it add entries changed only a little.")
 with heat:
     ckpt = choose(st.selectbox, "Checkpoint", finals or everything, key=f"sparsity_heat_checkpoint:{base}",
                   url="heat_checkpoint")
     show(charts.sparsity_heatmap(view[view["checkpoint"] == ckpt], definition,
                                  f"unchanged share per layer and kind in {ckpt} ({definition})"),
          key="sparsity_heatmap")
+    st.caption("How to read this: the share of each layer's entries of each kind left unchanged (by entries, under "
+               "the chosen definition); dark cells were barely touched, pale ones rewritten (Mukherjee et al. "
+               "2025).")
 with steps:
     show(charts.sparsity_over_steps(view, definition), key="sparsity_steps")
+    st.caption("How to read this: the whole-model unchanged share against training step, one line per run: how "
+               "much of the model a run leaves alone as it trains (Mukherjee et al. 2025 measure it at the end).")
 with overlap_tab:
     overlap = table(store, "sparsity", "overlap")
     mine = overlap[(overlap["base"] == base) & overlap["kind"].isin(chosen_kinds)] if overlap is not None else None
@@ -52,8 +62,15 @@ with overlap_tab:
     else:
         st.caption(f"Changed-masks by the **{mine['mask'].iloc[0]}** definition (the `--mask` they were computed with).")
         show(charts.overlap_vs_chance(mine), key="sparsity_overlap")
+        st.caption("How to read this: one point per matrix and pair of fine-tunes, the Jaccard of their changed "
+                   "entries against what independent masks would give; points above the dashed diagonal share "
+                   "more of a subnetwork than chance, as Mukherjee et al. 2025 found across seeds, data and "
+                   "algorithms.")
 with rank:
     show(charts.update_rank_by_layer(view[view["checkpoint"].isin(finals or everything)]), key="sparsity_rank")
+    st.caption("How to read this: the numerical rank of ΔW over min(m, n) per layer; near 1 the update is "
+               "full-rank even where it is sparse, as Mukherjee et al. 2025 found for RL (a LoRA update's rank is "
+               "its r).")
 with raw:
     st.dataframe(view, hide_index=True)
     csv_download(view, "sparsity", key="sparsity_csv")

@@ -9,10 +9,14 @@ code (a test, a notebook) with ``register(spec)``. Importing this module never i
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from importlib.metadata import entry_points
 
+from subspace_atlas import specs
 from subspace_atlas.specs import Analysis, ProbeAnalysis
 
+# The app's page order; any other module of ``subspace_atlas.specs`` (its ``SPEC``) follows, by name, so a new
+# built-in analysis is its spec module, compute, page and test and nothing else.
 BUILTIN = ("spectra", "intruders", "sparsity", "angles", "overlap", "patching")
 ENTRY_POINTS = "subspace_atlas.analyses"
 
@@ -38,7 +42,12 @@ def batch_specs() -> list[Analysis]:
     return [spec for spec in SPECS.values() if not isinstance(spec, ProbeAnalysis)]
 
 
-for _name in BUILTIN:
+def _builtin() -> list[str]:
+    others = sorted(m.name for m in pkgutil.iter_modules(specs.__path__) if m.name not in BUILTIN)
+    return [*BUILTIN, *others]
+
+
+for _name in _builtin():
     register(importlib.import_module(f"subspace_atlas.specs.{_name}").SPEC)
 for _point in entry_points(group=ENTRY_POINTS):
     register(_point.load())

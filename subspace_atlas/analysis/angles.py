@@ -14,6 +14,8 @@ triplets come from the r × r core s·R_B R_Aᵀ, and U, V span B's columns and 
 * ``alignment`` (one job per set of tasks): Iso-C's Subspace Alignment Ratio of each task against the
   summed task matrix, SAR_t = ‖U_k U_kᵀ ΔW_t‖_F / ‖ΔW_t‖_F, with k where √(cumsum σ² / Σσ²) of ΣΔ first
   reaches ``sar_energy`` (0.95), beside the task's ``overlap_with_base_top``.
+
+Everything after loading runs on ``context.device``, in float64; decompositions go through ``linalg``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from subspace_atlas import linalg
 from subspace_atlas.adapters import LoraUpdate
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.pairs import PairedMatrix, empty_table, map_pairs
 from subspace_atlas.specs.angles import TABLES, Params
 from subspace_atlas.svdcache import SvdCache
@@ -44,14 +48,12 @@ class TaskSvd:
 
 
 def task_svd(update: torch.Tensor | LoraUpdate, rtol: float) -> TaskSvd:
-    """Singular triplets of ΔW; a LoRA update through its r × r core, never forming m × n."""
+    """Singular triplets of ΔW where it is; a LoRA update through its r × r core, never forming m × n."""
     if isinstance(update, LoraUpdate):
-        qb, rb = torch.linalg.qr(update.left.double())
-        qa, ra = torch.linalg.qr(update.right.double().T)
-        p, s, qh = torch.linalg.svd(update.scale * rb @ ra.T)
-        u, v, factored = qb @ p, qa @ qh.T, True
+        u, s, v = linalg.factored_svd(update.left, update.right, update.scale)
+        factored = True
     else:
-        u, s, vh = torch.linalg.svd(update.double(), full_matrices=False)
+        u, s, vh = linalg.svd(update, torch.float64)
         v, factored = vh.T, False
     keep = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
     return TaskSvd(u[:, :keep], s[:keep], v[:, :keep], factored)
@@ -67,25 +69,15 @@ def choose_k(s: torch.Tensor, params: Params) -> int:
     return min(params.k, s.numel())
 
 
-def principal_angles(qa: torch.Tensor, qb: torch.Tensor) -> np.ndarray:
-    """Principal angles (radians, ascending) between the spans of two orthonormal bases."""
-    if qa.shape[1] == 0 or qb.shape[1] == 0:
-        return np.array([])
-    cos = torch.linalg.svdvals(qa.T @ qb).clamp(0, 1)
-    return np.sort(np.arccos(cos.numpy()))
-
-
-def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device | None = None,
-            batch_bytes: int = 0, workers: int | None = None, cache: SvdCache | None = None,
+def compute(items: Iterable[PairedMatrix], params: Params, context: ComputeContext = ComputeContext(),
             progress: Callable[[int], None] = lambda n: None, pairs: Iterable[tuple[int, int]] = (),
             group: list[int] | None = None) -> dict[str, pd.DataFrame]:
     """``tasks`` rows carry ``job``; ``pairs`` rows ``a``, ``b``; ``alignment`` rows ``job`` (a group member)."""
-    device = device or torch.device("cpu")
-    cache = cache or SvdCache(None)
+    device = context.torch_device()
     pairs = list(pairs)
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
-    work = partial(_matrix, params=params, cache=cache, pairs=pairs, group=group or [])
-    for out in map_pairs(work, items, device, workers, progress):
+    work = partial(_matrix, params=params, device=device, cache=context.svd_cache(), pairs=pairs, group=group or [])
+    for out in map_pairs(work, items, device, context.workers, progress):
         for name, found in out.items():
             rows[name] += found
     keys = {"tasks": ("job",), "pairs": ("a", "b"), "alignment": ("job",)}
@@ -97,28 +89,29 @@ def sides(params) -> list[str]:
     return ["left", "right"] if params.side == "both" else [params.side]
 
 
-def _matrix(item: PairedMatrix, params: Params, cache: SvdCache, pairs: list[tuple[int, int]],
-            group: list[int]) -> dict[str, list[dict]]:
+def _matrix(item: PairedMatrix, params: Params, device: torch.device, cache: SvdCache,
+            pairs: list[tuple[int, int]], group: list[int]) -> dict[str, list[dict]]:
     name = item.info.name
-    w0 = item.load_base().double()
-    u0, _, vh0 = cache.svd(item.cache_key, lambda: w0, torch.float64)
-    base = {"left": u0, "right": vh0.T}
+    w0 = linalg.to_device(item.load_base(), device, torch.float64)
+    u0, _, vh0 = cache.svd(item.cache_key, lambda: w0, torch.float64, device)
+    base = {"left": u0.to(device), "right": vh0.T.to(device)}
     updates: dict[int, torch.Tensor | LoraUpdate] = {}
     svds: dict[int, TaskSvd] = {}
     base_overlap: dict[tuple[int, str], float] = {}
     out: dict[str, list[dict]] = {t: [] for t in TABLES}
     for job, load in item.tuned:
         tuned = load()
-        update = tuned if isinstance(tuned, LoraUpdate) else tuned.double() - w0
+        update = (LoraUpdate(tuned.left.to(device), tuned.right.to(device), tuned.scale)
+                  if isinstance(tuned, LoraUpdate) else linalg.to_device(tuned, device, torch.float64) - w0)
         updates[job] = update
         svds[job] = task_svd(update, params.rank_rtol)
         t = svds[job]
         k = choose_k(t.s, params)
-        norm = float(torch.linalg.norm(t.s))
+        norm = linalg.frobenius(t.s)
         for side in sides(params):
             q = (t.u if side == "left" else t.v)[:, :k]
             top = base[side][:, :k]
-            energy = float(torch.linalg.norm(_project(update, top, side))) / norm if norm > 0 else math.nan
+            energy = linalg.frobenius(_project(update, top, side)) / norm if norm > 0 else math.nan
             base_overlap[job, side] = float((top.T @ q).square().sum()) / k if k else math.nan
             out["tasks"].append({
                 "job": job, "tensor": name, "side": side, "k_requested": params.k, "k": k,
@@ -134,7 +127,7 @@ def _matrix(item: PairedMatrix, params: Params, cache: SvdCache, pairs: list[tup
     members = [j for j in group if j in updates]
     if members:
         out["alignment"] += [row | {"overlap_with_base_top": base_overlap[row["job"], row["side"]]}
-                             for row in _alignment(name, members, updates, w0.shape, params)]
+                             for row in _alignment(name, members, updates, w0.shape, params, device)]
     return out
 
 
@@ -152,7 +145,7 @@ def _pair(name: str, a: int, b: int, ta: TaskSvd, tb: TaskSvd, params: Params) -
     for side in sides(params):
         qa = (ta.u if side == "left" else ta.v)[:, :ka]
         qb = (tb.u if side == "left" else tb.v)[:, :kb]
-        angles = principal_angles(qa, qb)
+        angles = linalg.principal_angles(qa, qb)
         k = min(ka, kb)
         rows.append({
             "a": a, "b": b, "tensor": name, "side": side, "k_a": ka, "k_b": kb, "k": k,
@@ -176,25 +169,26 @@ def _interference(ta: TaskSvd, tb: TaskSvd, ka: int, kb: int) -> float:
     return float(((cu * sb) @ cv.T).abs().sum() + ((cu.T * sa) @ cv).abs().sum())
 
 
-def _alignment(name: str, members: list[int], updates: dict, shape: tuple[int, int], params: Params) -> list[dict]:
-    total = torch.zeros(shape, dtype=torch.float64)
+def _alignment(name: str, members: list[int], updates: dict, shape: tuple[int, int], params: Params,
+               device: torch.device) -> list[dict]:
+    total = torch.zeros(shape, dtype=torch.float64, device=device)
     dense = {}
     for j in members:
         u = updates[j]
         dense[j] = u.dense(torch.float64) if isinstance(u, LoraUpdate) else u
         total += dense[j]
-    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    u, s, vh = linalg.svd(total, torch.float64)
     if s.numel() == 0 or float(s[0]) == 0:
         return []
     share = torch.sqrt(torch.cumsum(s**2, 0) / (s**2).sum())
     k = min(int((share < params.sar_energy - 1e-12).sum()) + 1, s.numel())
     rows = []
     for j in members:
-        norm = float(torch.linalg.norm(dense[j]))
+        norm = linalg.frobenius(dense[j])
         for side in sides(params):
             q = u[:, :k] if side == "left" else vh[:k].T
             proj = q.T @ dense[j] if side == "left" else dense[j] @ q
             rows.append({"job": j, "tensor": name, "side": side, "k": k, "tasks": len(members),
-                         "sar": float(torch.linalg.norm(proj)) / norm if norm > 0 else math.nan})
+                         "sar": linalg.frobenius(proj) / norm if norm > 0 else math.nan})
     return rows
 

@@ -25,6 +25,7 @@ import torch
 
 from subspace_atlas import linalg
 from subspace_atlas.adapters import LoraUpdate
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.pairs import PairedMatrix, empty_table, map_pairs
 from subspace_atlas.specs.intruders import TABLES, Params
 from subspace_atlas.svdcache import SvdCache
@@ -34,20 +35,20 @@ from subspace_atlas.svdcache import SvdCache
 FACTORED_MIN_DIM = 2048
 
 
-def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device | None = None,
-            batch_bytes: int = 0, workers: int | None = None, cache: SvdCache | None = None,
+def compute(items: Iterable[PairedMatrix], params: Params, context: ComputeContext = ComputeContext(),
             progress: Callable[[int], None] = lambda n: None) -> dict[str, pd.DataFrame]:
     """Intruder tables for every (matrix, job) pair; each row carries its ``job`` index.
 
-    Matrices go to a pool of ``workers`` (torch's thread count on a CPU, each single-threaded; one on
-    a GPU). Each loads and decomposes its base once for all jobs; dense fine-tuned versions of one
-    matrix are decomposed together in batches of up to ``batch_bytes`` (pays on a GPU).
+    Matrices go to a pool of ``context.workers`` (torch's thread count on a CPU, each single-threaded; one
+    on a GPU). Each loads and decomposes its base once for all jobs (through ``context``'s SVD cache); dense
+    fine-tuned versions of one matrix are decomposed together on ``context.device`` in batches of up to
+    ``context.batch_bytes`` (pays on a GPU).
     """
-    device = device or torch.device("cpu")
-    cache = cache or SvdCache(None)
+    device = context.torch_device()
     out: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
-    work = partial(_matrix, params=params, device=device, batch_bytes=batch_bytes, cache=cache)
-    for tables in map_pairs(work, items, device, workers, progress):
+    work = partial(_matrix, params=params, device=device, batch_bytes=context.batch_bytes,
+                   cache=context.svd_cache())
+    for tables in map_pairs(work, items, device, context.workers, progress):
         for name, frames in tables.items():
             out[name] += frames
     tables = {name: pd.concat(frames, ignore_index=True) if frames else empty_table("job") for name, frames in out.items()}
@@ -118,8 +119,8 @@ def _dense(w: torch.Tensor, w0: torch.Tensor, u: torch.Tensor, s: torch.Tensor, 
     # u_iᵀ ΔW v_i for i < k, for the mitigation's distance to W0.
     along = torch.einsum("mi,mn,in->i", u[:, :k], delta, vh[:k]).double().cpu().numpy()
     return {"method": "svd", "sigma": sigma, "cos_left": _np(cos_left), "cos_right": _np(cos_right),
-            "along": along, "norm_tuned": float(torch.linalg.norm(w.double())),
-            "norm_update": float(torch.linalg.norm(delta.double()))}
+            "along": along, "norm_tuned": linalg.frobenius(w.double()),
+            "norm_update": linalg.frobenius(delta.double())}
 
 
 def _factored(update: LoraUpdate, u0: torch.Tensor, s0: torch.Tensor, vh0: torch.Tensor, params: Params) -> dict:

@@ -32,7 +32,8 @@ import pandas as pd
 import torch
 
 from subspace_atlas import linalg
-from subspace_atlas.analysis.angles import principal_angles, sides
+from subspace_atlas.analysis.angles import sides
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.linalg import TopSvd
 from subspace_atlas.pairs import empty_table
 from subspace_atlas.parallel import map_matrices
@@ -65,7 +66,7 @@ def subspace_pair(a: TopSvd, b: TopSvd, side: str) -> dict[str, object]:
     qa, qb = (a.u, b.u) if side == "left" else (a.v, b.v)
     qa, qb = qa.double(), qb.double()
     cross = qa.T @ qb
-    angles = np.degrees(principal_angles(qa, qb))
+    angles = np.degrees(linalg.principal_angles(qa, qb))
     k = min(qa.shape[1], qb.shape[1])
     return {"k": k, "k_a": qa.shape[1], "k_b": qb.shape[1],
             "overlap": float(cross.square().sum()) / k,
@@ -152,17 +153,16 @@ def welore_fractions(sigma: np.ndarray, taus: Iterable[float]) -> dict[float, fl
     return {tau: float((scaled < tau).mean()) for tau in taus}
 
 
-def compute(items: Iterable[RunMatrix], params: Params, steps: list[int], device: torch.device | None = None,
-            workers: int | None = None, cache: SvdCache | None = None,
-            progress: Callable[[int], None] = lambda n: None) -> dict[str, pd.DataFrame]:
-    """Tables of one run; ``subspaces``/``welore``/``spectrum`` rows carry ``job`` (a checkpoint's position in
-    the run), ``pairs`` rows ``a`` and ``b``; ``steps`` orders the run (a checkpoint's step, else its position)."""
-    device = device or torch.device("cpu")
-    cache = cache or SvdCache(None)
+def compute(items: Iterable[RunMatrix], params: Params, context: ComputeContext = ComputeContext(), *,
+            steps: list[int], progress: Callable[[int], None] = lambda n: None) -> dict[str, pd.DataFrame]:
+    """Tables of one run, decomposed on ``context.device``; ``subspaces``/``welore``/``spectrum`` rows carry
+    ``job`` (a checkpoint's position in the run), ``pairs`` rows ``a`` and ``b``; ``steps`` orders the run (a
+    checkpoint's step, else its position)."""
+    device = context.torch_device()
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
-    work = partial(_matrix, params=params, steps=steps, device=device, cache=cache)
-    for out in map_matrices(work, items, lambda i: 3 * i.info.nbytes, lambda i: len(i.loaders), device, workers,
-                            INFLIGHT_BYTES, progress):
+    work = partial(_matrix, params=params, steps=steps, device=device, cache=context.svd_cache())
+    for out in map_matrices(work, items, lambda i: 3 * i.info.nbytes, lambda i: len(i.loaders), device,
+                            context.workers, INFLIGHT_BYTES, progress):
         for name, found in out.items():
             rows[name] += found
     return frames(rows)
@@ -208,7 +208,7 @@ def _matrix(item: RunMatrix, params: Params, steps: list[int], device: torch.dev
             if of in params.of:
                 tops[of][t] = _cached_top(cache, key, params, matrix, device)
         if params.welore:
-            sigma = linalg.singular_values(w, "gram").numpy()
+            sigma = linalg.singular_values(w, "gram", device=device).numpy()
             out["spectrum"].append({"job": t, "tensor": name, "sigma": sigma.tolist()})
             for tau, share in welore_fractions(sigma, params.welore_tau).items():
                 out["welore"].append({"job": t, "tensor": name, "tau": tau, "fraction_below": share,

@@ -37,6 +37,7 @@ from scipy.spatial.distance import jensenshannon
 
 from subspace_atlas import linalg
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.parallel import map_matrices
 from subspace_atlas.specs.randomization import Params
 
@@ -145,22 +146,21 @@ def fit_traps(rand_lam: np.ndarray, rows: int, cols: int, params: Params) -> Tra
 
 
 def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
-            device: torch.device | None = None, batch_bytes: int = 0,
-            workers: int | None = None) -> dict[str, pd.DataFrame]:
+            context: ComputeContext = ComputeContext()) -> dict[str, pd.DataFrame]:
     """Shuffled spectra of a stream of matrices: ``matrices`` (one row each), ``values`` (σ of W and of the
     ``rand_distance`` copy, rank by rank) and ``traps`` (the shuffled σ above the trap threshold).
 
-    ``workers`` matrices are handled at once, each on one thread (``parallel.map_matrices``; default: torch's
-    thread count on a CPU), while their float32 bytes and their shuffled copies' stay within
-    ``_INFLIGHT_BYTES`` (a larger matrix runs alone). A matrix and its copies are decomposed together while
-    they stay within ``batch_bytes`` (one at a time otherwise). A matrix with NaN/Inf gets a row with
-    ``nonfinite`` > 0 and NaN metrics, and nothing in the other tables.
+    ``context.workers`` matrices are handled at once, each on one thread (``parallel.map_matrices``; default:
+    torch's thread count on a CPU), while their float32 bytes and their shuffled copies' stay within
+    ``_INFLIGHT_BYTES`` (a larger matrix runs alone). A matrix and its copies are decomposed together on
+    ``context.device`` while they stay within ``context.batch_bytes`` (one at a time otherwise). A matrix with
+    NaN/Inf gets a row with ``nonfinite`` > 0 and NaN metrics, and nothing in the other tables.
     """
-    device = device or torch.device("cpu")
+    device = context.torch_device()
     rows, values, traps = [], [], []
-    work = partial(_one, params=params, device=device, batch_bytes=batch_bytes)
+    work = partial(_one, params=params, device=device, batch_bytes=context.batch_bytes)
     for row, value, trap in map_matrices(work, stream, lambda item: 3 * 4 * item[1].numel(), lambda item: 1,
-                                         device, workers, _INFLIGHT_BYTES, lambda n: None):
+                                         device, context.workers, _INFLIGHT_BYTES, lambda n: None):
         rows.append(row)
         values += value
         traps += trap

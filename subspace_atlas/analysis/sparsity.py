@@ -16,7 +16,7 @@ max(m, n)·eps32 like NumPy and PyTorch), how many rows and columns hold a chang
 (Gini of the per-row and per-column counts). Between every two fine-tunes of one base (a cross
 table): Jaccard and overlap coefficient of their changed-masks beside what independent masks of
 the same densities give by chance: J = pq / (p + q − pq), overlap coefficient = max(p, q).
-Memory: one base/tuned matrix pair plus one boolean mask per fine-tune of that matrix.
+Memory: one base/tuned matrix pair plus one boolean mask per fine-tune of that matrix, all on ``context.device``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from subspace_atlas import linalg
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.pairs import PairedMatrix, empty_table, map_pairs
 from subspace_atlas.specs.sparsity import DEFINITIONS, NAME, Params
@@ -71,17 +73,17 @@ def gini(counts: torch.Tensor) -> float:
     return float(2 * np.sum(np.arange(1, n + 1) * x) / (n * total) - (n + 1) / n)
 
 
-def compute(items: Iterable[PairedMatrix], params: Params, device: torch.device | None = None,
-            batch_bytes: int = 0, workers: int | None = None, cache: object = None,
+def compute(items: Iterable[PairedMatrix], params: Params, context: ComputeContext = ComputeContext(),
             progress: Callable[[int], None] = lambda n: None,
             pairs: Iterable[tuple[int, int]] = ()) -> dict[str, pd.DataFrame]:
-    """Per (matrix, fine-tune) rows with a ``job`` index; per (matrix, fine-tune pair) rows with ``a``, ``b``."""
-    device = device or torch.device("cpu")
+    """Per (matrix, fine-tune) rows with a ``job`` index; per (matrix, fine-tune pair) rows with ``a``, ``b``;
+    the comparisons and the update rank on ``context.device``."""
+    device = context.torch_device()
     pairs = list(pairs)
     rows: list[dict] = []
     overlaps: list[dict] = []
     work = partial(_matrix, params=params, device=device, pairs=pairs)
-    for mine, cross in map_pairs(work, items, device, workers, progress):
+    for mine, cross in map_pairs(work, items, device, context.workers, progress):
         rows += mine
         overlaps += cross
     matrices = pd.DataFrame(rows) if rows else empty_table("job")
@@ -169,7 +171,7 @@ def _update_rank(delta: torch.Tensor, params: Params) -> dict:
     """Numerical rank of ΔW from its float32 singular values, and the tolerance used."""
     if not bool(torch.isfinite(delta).all()):
         return {"update_rank": None, "rank_ratio": float("nan"), "rank_tol": float("nan")}
-    sigma = torch.linalg.svdvals(delta)
+    sigma = linalg.svdvals(delta)
     top = float(sigma[0]) if sigma.numel() else 0.0
     rtol = params.rank_rtol or max(delta.shape) * torch.finfo(torch.float32).eps
     tol = rtol * top

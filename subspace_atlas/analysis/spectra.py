@@ -21,6 +21,7 @@ import torch
 from subspace_atlas import linalg
 from subspace_atlas.analysis.esd import fit_marchenko_pastur, fit_power_law
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.parallel import thread_pool
 from subspace_atlas.specs.spectra import Params
 
@@ -70,11 +71,11 @@ def _log_alpha_norm(lam: np.ndarray, alpha: float) -> float:
 
 
 def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
-            device: torch.device | None = None, batch_bytes: int = 0,
-            workers: int | None = None) -> dict[str, pd.DataFrame]:
-    """Spectra of a stream of matrices; same-shaped neighbours are decomposed together up to ``batch_bytes``.
+            context: ComputeContext = ComputeContext()) -> dict[str, pd.DataFrame]:
+    """Spectra of a stream of matrices on ``context.device``; same-shaped neighbours are decomposed together
+    up to ``context.batch_bytes``.
 
-    On a GPU, matrices are decomposed one batch at a time while ``workers`` CPU threads (default:
+    On a GPU, matrices are decomposed one batch at a time while ``context.workers`` CPU threads (default:
     torch's thread count) fit the spectra. On a CPU, ``workers`` matrices are decomposed at once, each on one
     thread: LAPACK parallelises a 384 × 384 eigenproblem poorly (measured 6 ms on one thread, 12 ms on
     two), so spreading matrices over cores beats spreading one matrix. Up to 8 batches per worker
@@ -82,8 +83,8 @@ def compute(stream: Iterable[tuple[TensorInfo, torch.Tensor]], params: Params,
     ``_INFLIGHT_BYTES`` (or one batch) at once, so memory stays near the largest matrix.
     A matrix with NaN/Inf gets a row with ``nonfinite`` > 0 and NaN metrics, and no singular values.
     """
-    device = device or torch.device("cpu")
-    workers = workers or torch.get_num_threads()
+    device, batch_bytes = context.torch_device(), context.batch_bytes
+    workers = context.workers or torch.get_num_threads()
     done = _on_cpu(stream, params, batch_bytes, workers) if device.type == "cpu" else \
         _on_gpu(stream, params, device, batch_bytes, workers)
     rows = [row for batch_rows, _ in done for row in batch_rows]

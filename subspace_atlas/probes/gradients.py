@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from subspace_atlas.checkpoints import Checkpoint
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.naming import align
 
@@ -81,10 +82,10 @@ def gradients(model, input_ids: torch.Tensor, kind: str, mask_id: int | None = N
     return {name: p.grad.detach() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def attach_gradients(items: Sequence, members: Sequence[Checkpoint], params, device: torch.device,
+def attach_gradients(items: Sequence, members: Sequence[Checkpoint], params, context: ComputeContext,
                      log: Callable[[str], None]) -> None:
-    """Fill each run matrix's ``gradients``: per checkpoint, the top-k (and ‖G‖²_F) of its gradient, when
-    ``params.of`` asks for gradients (``overlap``'s ``prepare``)."""
+    """Fill each run matrix's ``gradients``: per checkpoint, the top-k (and ‖G‖²_F) of its gradient on
+    ``context.device``, when ``params.of`` asks for gradients (``overlap``'s ``prepare``)."""
     if "gradients" not in params.of:
         return
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
@@ -92,6 +93,7 @@ def attach_gradients(items: Sequence, members: Sequence[Checkpoint], params, dev
     from subspace_atlas.analysis.overlap import top_subspace
     from subspace_atlas.hf import quiet_hf
 
+    device = context.torch_device()
     for item in items:
         item.gradients = [None] * len(members)
     for t, ckpt in enumerate(members):

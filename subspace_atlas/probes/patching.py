@@ -31,21 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.errors import AtlasError
+from subspace_atlas.linalg import orthonormal
 from subspace_atlas.probes.targets import Batch, Target
 from subspace_atlas.specs.patching import NAME, PLANTED, SCHEMA_VERSION, Params
 
 
 # ---------------------------------------------------------------- the pure parts
-
-
-def orthonormal(vectors: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
-    """An orthonormal basis (d × r) of the column span of ``vectors`` (d × n), numerically null columns dropped."""
-    if vectors.shape[1] == 0:
-        return vectors.double()
-    u, s, _ = torch.linalg.svd(vectors.double(), full_matrices=False)
-    keep = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
-    return u[:, :keep]
 
 
 def patch(w: torch.Tensor, u: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -419,10 +412,12 @@ def _labelled(frame: pd.DataFrame, model: str, path: str, task: str, params: Par
     return frame
 
 
-def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed: dict, device: str = "cpu",
-             force: bool = False, log: Callable[[str], None] | None = None, name: str | None = None) -> tuple[int, int]:
+def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed: dict,
+             context: ComputeContext = ComputeContext(), force: bool = False,
+             log: Callable[[str], None] | None = None, name: str | None = None) -> tuple[int, int]:
     """One stored job per (site, layer, method), keyed by the model's content, the task and the params;
-    what the store holds is skipped. ``name`` labels the model (default: its folder's name).
+    what the store holds is skipped. ``name`` labels the model (default: its folder's name). The IOI model
+    runs on ``context.device``; the toy always on the CPU, and each job's provenance says which.
     Returns (computed, skipped)."""
     import itertools
     import sys
@@ -434,6 +429,7 @@ def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed:
 
     log = log or (lambda s: print(s, file=sys.stderr))
     ckpt = open_one(model, name, "--model") if task == "ioi" else None
+    ran = context if ckpt is not None else replace(context, device="cpu")
     inputs = {"task": task} | ({"model": ckpt.identity(), "name": ckpt.name} if ckpt else {})
     computed = skipped = 0
     for site, layer, method in itertools.product(sites, layers, methods):
@@ -446,9 +442,9 @@ def run_jobs(store, task: str, model: str | None, sites, layers, methods, fixed:
             skipped += 1
             continue
         t0 = time.perf_counter()
-        frame = run_toy(params, log) if ckpt is None else run_ioi(ckpt, params, device, log)[0]
+        frame = run_toy(params, log) if ckpt is None else run_ioi(ckpt, params, context.device, log)[0]
         wall = time.perf_counter() - t0
-        write_job(store, NAME, fp, {"effects": frame}, params=params, device=device, wall=wall,
+        write_job(store, NAME, fp, {"effects": frame}, params=params, context=ran, wall=wall,
                   inputs={"checkpoint": ckpt.name if ckpt else "toy-illusion", "path": str(ckpt.path) if ckpt else "",
                           "task": task},
                   schema_version=SCHEMA_VERSION)

@@ -32,6 +32,7 @@ from transformers import TrainerCallback
 from subspace_atlas.analysis import overlap
 from subspace_atlas.analysis.angles import sides
 from subspace_atlas.checkpoints import Checkpoint
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.labels import label_run
 from subspace_atlas.linalg import TopSvd
 from subspace_atlas.specs import overlap as overlap_spec
@@ -48,6 +49,7 @@ class GradientSubspaceRecorder:
             raise ValueError("every must be at least 1")
         self.store = store if isinstance(store, Store) else Store(store)
         self.run, self.every, self.flush_every, self.device = run, every, flush_every, device
+        self.where = str(device or "cpu")  # where the last gradient was reduced: the device, else the gradient's
         self.params = replace(params or overlap_spec.Params(), of=("gradients",), reference=("previous", "first"),
                               welore=False, data="")
         self.pattern = re.compile(tensors) if tensors else None
@@ -76,7 +78,9 @@ class GradientSubspaceRecorder:
             if self.pattern is not None and not self.pattern.search(name):
                 continue
             g = grad.detach().float()
-            top = overlap.top_subspace(g, self.params, self.device)
+            device = self.device or g.device
+            self.where = str(device)
+            top = overlap.top_subspace(g, self.params, device)
             norm2 = float(g.double().square().sum())
             self.rows["subspaces"].append(overlap.subspace_row(index, name, "gradients", top, norm2))
             if name in self.previous:
@@ -115,7 +119,7 @@ class GradientSubspaceRecorder:
         write_job(self.store, overlap_spec.NAME, self.fingerprint, tables,
                   params={"k": self.params.k, "energy": self.params.energy, "tol": self.params.tol, "every": self.every},
                   inputs={"checkpoint": self.run, "run": self.run, "recorder": True, "steps": self.steps},
-                  schema_version=overlap_spec.SCHEMA_VERSION, device=self.device or "cpu", wall=self.seconds,
+                  schema_version=overlap_spec.SCHEMA_VERSION, context=ComputeContext(self.where), wall=self.seconds,
                   matrices=len(self.first))
 
 

@@ -1,7 +1,8 @@
 """One runner per analysis kind, and what they share: reading a job's matrices, checking inputs first, failures.
 
 A runner module has ``check(unit)`` (raise what running the unit would raise about its inputs, before any
-work; ``executors`` calls it) and ``run(todo, store, device, batch_bytes, log, keep_going) → Done``.
+work; ``executors`` calls it) and ``run(todo, store, context, log, keep_going) → Done``, which hands the
+``ComputeContext`` to every compute and records it in every job's provenance.
 ``jobs.run`` picks the runner by the spec's kind; no runner knows any analysis by name.
 """
 
@@ -11,10 +12,9 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
-import numpy as np
-import torch
-
+from subspace_atlas import linalg
 from subspace_atlas.checkpoints import Checkpoint, TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.planning import Failure, Job
 from subspace_atlas.specs import RunAnalysis
@@ -22,7 +22,7 @@ from subspace_atlas.views import expanded
 
 # What may fail one job without being a bug: bad or unreadable input, or numbers no analysis can take (a
 # non-finite matrix, an eigensolver that did not converge). Anything else propagates, as do interrupts.
-JOB_ERRORS = (AtlasError, OSError, ArithmeticError, torch.linalg.LinAlgError, np.linalg.LinAlgError)
+JOB_ERRORS = (AtlasError, OSError, ArithmeticError, *linalg.ERRORS)
 
 # What a runner did: the jobs it wrote, their matrix count, and what failed.
 Done = tuple[list[Job], int, list[Failure]]
@@ -79,7 +79,7 @@ def failure(job: Job, err: BaseException) -> Failure:
     return Failure.of(job.checkpoint.path, err, what + (f" vs --base {job.base.path}" if job.base else ""))
 
 
-def job_provenance(job: Job, device: torch.device, wall: float, matrices: int) -> dict:
+def job_provenance(job: Job, context: ComputeContext, wall: float, matrices: int) -> dict:
     """``write_job``'s keyword arguments for a planned job: its params, inputs (checkpoint, base, other, group)
     and schema version, where it ran and how long."""
     inputs = ({"checkpoint": job.checkpoint.name, "path": str(job.checkpoint.path), "identity": job.identity,
@@ -88,7 +88,7 @@ def job_provenance(job: Job, device: torch.device, wall: float, matrices: int) -
                  if job.base is not None else {})
               | ({"other": job.other.name, "other_path": str(job.other.path)} if job.other is not None else {})
               | ({"group": [c.name for c in job.group]} if job.group else {}))
-    return {"params": job.params, "inputs": inputs, "schema_version": job.spec.schema_version, "device": device,
+    return {"params": job.params, "inputs": inputs, "schema_version": job.spec.schema_version, "context": context,
             "wall": wall, "matrices": matrices}
 
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.labels import label
 from subspace_atlas.planning import Job
 from subspace_atlas.runners import JOB_ERRORS, Done, checked, counted, failure, job_provenance, matrices_of
@@ -25,8 +25,7 @@ def check(unit: Sequence[Job]) -> None:
         matrices_of(job)
 
 
-def run(todo: list[Job], store: Store, device: torch.device, batch_bytes: int, log: Callable[[str], None],
-        keep_going: bool) -> Done:
+def run(todo: list[Job], store: Store, context: ComputeContext, log: Callable[[str], None], keep_going: bool) -> Done:
     """Run each job over its checkpoint's matrices (inputs checked first), writing each as it finishes."""
     plans, failed = checked(todo, matrices_of, keep_going)
     computed, count = [], 0
@@ -36,23 +35,22 @@ def run(todo: list[Job], store: Store, device: torch.device, batch_bytes: int, l
             bar.set_description(job.checkpoint.name)
             t0 = time.perf_counter()
             try:
-                tables = _tables(job, mats, device, batch_bytes, bar)
+                tables = _tables(job, mats, context, bar)
             except JOB_ERRORS as err:
                 failed.append(failure(job, err))
                 log(f"[{k}/{len(plans)}] {job.checkpoint.name}: failed")
                 continue
             wall = time.perf_counter() - t0
-            write_job(store, job.spec.name, job.fingerprint, tables, **job_provenance(job, device, wall, len(mats)))
+            write_job(store, job.spec.name, job.fingerprint, tables, **job_provenance(job, context, wall, len(mats)))
             computed.append(job)
             count += len(mats)
             log(f"[{k}/{len(plans)}] {job.checkpoint.name}: {len(mats)} matrices in {wall:.2f} s")
     return computed, count, failed
 
 
-def _tables(job: Job, mats: list[TensorInfo], device: torch.device, batch_bytes: int,
-            bar: tqdm) -> dict[str, pd.DataFrame]:
+def _tables(job: Job, mats: list[TensorInfo], context: ComputeContext, bar: tqdm) -> dict[str, pd.DataFrame]:
     """One job's labelled tables."""
     stream = counted(zip(mats, (t for _, t in job.checkpoint.stream([m.name for m in mats]))), bar)
-    tables = load(job.spec.compute)(stream, job.params, device, batch_bytes)
+    tables = load(job.spec.compute)(stream, job.params, context)
     return {name: label(frame, job.checkpoint) for name, frame in tables.items()}
 

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from subspace_atlas.checkpoints import Checkpoint
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.labels import aliased, label, label_cross, label_members
 from subspace_atlas.planning import Job
@@ -31,17 +31,16 @@ def check(unit: Sequence[Job]) -> None:
     pair_items(unit[0], paired_members(unit), matrices_of)
 
 
-def run(todo: list[Job], store: Store, device: torch.device, batch_bytes: int, log: Callable[[str], None],
-        keep_going: bool) -> Done:
+def run(todo: list[Job], store: Store, context: ComputeContext, log: Callable[[str], None], keep_going: bool) -> Done:
     """Run paired jobs base by base (``_group``)."""
     groups: dict[str, list[Job]] = {}
     for job in todo:
         groups.setdefault(job.base_identity, []).append(job)
-    return merged([_group(group, store, device, batch_bytes, log, keep_going) for group in groups.values()])
+    return merged([_group(group, store, context, log, keep_going) for group in groups.values()])
 
 
-def _group(group: list[Job], store: Store, device: torch.device, batch_bytes: int,
-           log: Callable[[str], None], keep_going: bool) -> Done:
+def _group(group: list[Job], store: Store, context: ComputeContext, log: Callable[[str], None],
+           keep_going: bool) -> Done:
     """One base's paired jobs in one matrix-major pass; each job is written once all its matrices are done.
 
     Every pairing is checked before any work (a bad one raises, or with ``keep_going`` fails alone). When
@@ -55,20 +54,20 @@ def _group(group: list[Job], store: Store, device: torch.device, batch_bytes: in
     except JOB_ERRORS as err:
         if not keep_going:
             raise
-        return _isolated(group, err, store, device, batch_bytes, log, keep_going)
+        return _isolated(group, err, store, context, log, keep_going)
     t0 = time.perf_counter()
     try:
-        tables = _tables(group, ordered, items, device, batch_bytes)
+        tables = _tables(group, ordered, items, context)
     except JOB_ERRORS as err:
-        return _isolated(group, err, store, device, batch_bytes, log, keep_going)
+        return _isolated(group, err, store, context, log, keep_going)
     wall = time.perf_counter() - t0
-    done = _write(group, ordered, items, tables, wall, store, device)
+    done = _write(group, ordered, items, tables, wall, store, context)
     log(f"{group[0].spec.name}: {len(group)} job(s) vs {group[0].base.name}: "
         f"{sum(len(i.tuned) for i in items)} matrix pairs in {wall:.2f} s")
     return done
 
 
-def _isolated(group: list[Job], err: BaseException, store: Store, device: torch.device, batch_bytes: int,
+def _isolated(group: list[Job], err: BaseException, store: Store, context: ComputeContext,
               log: Callable[[str], None], keep_going: bool) -> Done:
     """After a base's pass failed: each checkpoint's own job alone, then the jobs comparing the good ones.
 
@@ -77,19 +76,17 @@ def _isolated(group: list[Job], err: BaseException, store: Store, device: torch.
     singles = [j for j in group if j.other is None and not j.group]
     if len(group) == 1 or not singles:
         return [], 0, [failure(job, err) for job in group]
-    parts = [_group([job], store, device, batch_bytes, log, keep_going) for job in singles]
+    parts = [_group([job], store, context, log, keep_going) for job in singles]
     bad = {_key(job.checkpoint) for job, (written, _, _) in zip(singles, parts) if not written}
     rest = [j for j in group if j not in singles and not bad & {_key(c) for c in _members(j)}]
     if rest:
-        parts.append(_group(rest, store, device, batch_bytes, log, keep_going))
+        parts.append(_group(rest, store, context, log, keep_going))
     return merged(parts)
 
 
-def _tables(group: list[Job], ordered: list[Checkpoint], items: list, device: torch.device,
-            batch_bytes: int) -> dict[str, pd.DataFrame]:
+def _tables(group: list[Job], ordered: list[Checkpoint], items: list,
+            context: ComputeContext) -> dict[str, pd.DataFrame]:
     """The tables of one base's pass over every pairing; rows carry checkpoints by their index in ``ordered``."""
-    from subspace_atlas.svdcache import SvdCache, default_root
-
     spec, base = group[0].spec, group[0].base
     index = _positions(ordered)
     extra: dict = {}
@@ -100,12 +97,11 @@ def _tables(group: list[Job], ordered: list[Checkpoint], items: list, device: to
         extra["group"] = [index[_key(c)] for c in whole.group] if whole else []
     with tqdm(total=sum(len(item.tuned) for item in items), unit="pair", disable=None, file=sys.stderr,
               leave=False, desc=f"{spec.name} vs {base.name}") as bar:
-        return load(spec.compute)(items, group[0].params, device, batch_bytes, cache=SvdCache(default_root()),
-                                  progress=bar.update, **extra)
+        return load(spec.compute)(items, group[0].params, context, progress=bar.update, **extra)
 
 
 def _write(group: list[Job], ordered: list[Checkpoint], items: list, tables: dict[str, pd.DataFrame],
-           wall: float, store: Store, device: torch.device) -> Done:
+           wall: float, store: Store, context: ComputeContext) -> Done:
     """Write each job's rows of a base's tables. A job whose result fails the spec's ``validate`` (e.g. a
     fine-tune of some other base) is not written: it is a failure."""
     spec, base = group[0].spec, group[0].base
@@ -136,7 +132,7 @@ def _write(group: list[Job], ordered: list[Checkpoint], items: list, tables: dic
             failed.append(failure(job, AtlasError(problem)))
             continue
         mine = {name: aliased(frame, spec.label_aliases) for name, frame in mine.items()}
-        write_job(store, spec.name, job.fingerprint, mine, **job_provenance(job, device, wall / len(group), n))
+        write_job(store, spec.name, job.fingerprint, mine, **job_provenance(job, context, wall / len(group), n))
         written.append(job)
         count += n
     return written, count, failed

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from subspace_atlas.checkpoints import TensorInfo
+from subspace_atlas.context import ComputeContext
 from subspace_atlas.errors import AtlasError
 from subspace_atlas.labels import label_run
 from subspace_atlas.planning import Job
@@ -38,8 +39,7 @@ def check(unit: Sequence[Job]) -> None:
         run_matrices(job)
 
 
-def run(todo: list[Job], store: Store, device: torch.device, batch_bytes: int, log: Callable[[str], None],
-        keep_going: bool) -> Done:
+def run(todo: list[Job], store: Store, context: ComputeContext, log: Callable[[str], None], keep_going: bool) -> Done:
     """Run each run job matrix-major over its checkpoints (inputs checked first), write it whole."""
     plans, failed = checked(todo, run_matrices, keep_going)
     computed, count = [], 0
@@ -47,14 +47,14 @@ def run(todo: list[Job], store: Store, device: torch.device, batch_bytes: int, l
         members = list(job.group)
         t0 = time.perf_counter()
         try:
-            tables = _tables(job, items, device, log)
+            tables = _tables(job, items, context, log)
         except JOB_ERRORS as err:
             failed.append(failure(job, err))
             log(f"[{k}/{len(plans)}] {members[0].run}: failed")
             continue
         wall = time.perf_counter() - t0
         n = sum(len(i.loaders) for i in items)
-        write_job(store, job.spec.name, job.fingerprint, tables, **job_provenance(job, device, wall, n))
+        write_job(store, job.spec.name, job.fingerprint, tables, **job_provenance(job, context, wall, n))
         computed.append(job)
         count += n
         log(f"[{k}/{len(plans)}] {members[0].run}: {len(members)} checkpoints × {len(items)} matrices "
@@ -62,19 +62,16 @@ def run(todo: list[Job], store: Store, device: torch.device, batch_bytes: int, l
     return computed, count, failed
 
 
-def _tables(job: Job, items: list[RunMatrix], device: torch.device,
+def _tables(job: Job, items: list[RunMatrix], context: ComputeContext,
             log: Callable[[str], None]) -> dict[str, pd.DataFrame]:
     """One run job's labelled tables (after the spec's ``prepare``, if any)."""
-    from subspace_atlas.svdcache import SvdCache, default_root
-
     spec, members = job.spec, list(job.group)
     if spec.prepare:
-        load(spec.prepare)(items, members, job.params, device, log)
+        load(spec.prepare)(items, members, job.params, context, log)
     steps = [c.step if c.step is not None else i for i, c in enumerate(members)]
     with tqdm(total=sum(len(i.loaders) for i in items), unit="matrix", disable=None, file=sys.stderr,
               leave=False, desc=f"{spec.name} {members[0].run}") as bar:
-        tables = load(spec.compute)(items, job.params, steps, device, cache=SvdCache(default_root()),
-                                    progress=bar.update)
+        tables = load(spec.compute)(items, job.params, context, steps=steps, progress=bar.update)
     return label_run(tables, members)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from subspace_atlas.checkpoints import select_matrices
 from subspace_atlas.errors import AtlasError
-from subspace_atlas.specs import SCAN_RUNS, Page, RunAnalysis
+from subspace_atlas.specs import (SCAN_RUNS, Column, Page, RunAnalysis, Table, checkpoint_labels, cross_labels,
+                                  matrix_labels)
 
 NAME = "overlap"
 TABLES = ("pairs", "subspaces", "convergence", "welore", "spectrum")
@@ -79,9 +80,64 @@ def job_inputs(params: Params) -> dict[str, str]:
 
 select = select_matrices
 
+# M_t: what is decomposed at checkpoint t (W_t, W_t − W_0, W_t − W_t−1 or the gradient); Q: its top-k basis.
+_OF = Column("of", "string", "what was decomposed: weights, updates, steps or gradients (`--of`)")
+_SIDE = Column("side", "string", "left (column) or right (row) subspaces (`--side`)")
+_FINITE = "the matrix is finite at that checkpoint"
+SCHEMAS = {
+    "pairs": Table("one per matrix, two checkpoints a < b compared (`--reference`), of and side", (
+        *cross_labels(run=True), _OF, _SIDE,
+        Column("previous", "bool", "a is b's previous checkpoint"),
+        Column("from_first", "bool", "a is the run's first checkpoint"),
+        Column("to_last", "bool", "b is the run's last checkpoint"),
+        Column("k", "int64", "min(k_a, k_b)"),
+        Column("k_a", "int64", "a's subspace dimension"),
+        Column("k_b", "int64", "b's subspace dimension"),
+        Column("overlap", "float64", "‖Q_aᵀQ_b‖²_F / k: 1 same subspace, 0 orthogonal"),
+        Column("chance", "float64", "that overlap for random subspaces: max(k_a, k_b) / dimension"),
+        Column("angles", "list<float64>", "every principal angle (cos θ_i = σ_i(Q_aᵀQ_b)), degrees, ascending"),
+        Column("mean_angle_deg", "float64", "their mean, degrees"),
+        Column("lead_cos", "float64", "|cos| of the two leading vectors (Q-GaLore's signal)"),
+    )),
+    "subspaces": Table("one per matrix, checkpoint and of", (
+        *checkpoint_labels(), _OF,
+        Column("finite", "bool", "false: the matrix has NaN/Inf here, no subspace (the columns below are null)"),
+        Column("k", "int64", "the subspace's dimension (`--k`, or the `--energy` rule)", _FINITE),
+        Column("norm", "float64", "‖M_t‖_F", _FINITE),
+        Column("energy_captured", "float64", "share of ‖M_t‖²_F in the top k", _FINITE),
+        Column("sigma_top", "list<float64>", "the top k singular values", _FINITE),
+        Column("method", "string", "randomized (block Krylov) or exact (a full SVD)", _FINITE),
+        Column("iterations", "int64", "Krylov iterations run (also before a fall-back to exact)", _FINITE),
+        Column("error_bound", "float64", "Wedin's bound on 1 − overlap with the exact top k (0: exact)", _FINITE),
+    )),
+    "convergence": Table("one per matrix, of and side", (
+        Column("run", "string", "the run's name"), *matrix_labels(), _OF, _SIDE,
+        Column("checkpoints", "int64", "checkpoints with a subspace"),
+        Column("settle", "float64", "the threshold (`--settle`)"),
+        Column("settled_step", "int64", "the step from which every overlap with the previous checkpoint stays "
+                                        "≥ settle; null: never"),
+        Column("final_overlap", "float64", "the last overlap with the previous checkpoint"),
+        Column("min_overlap", "float64", "the smallest one"),
+        Column("qgalore_step", "int64", "the first step where the mean lead_cos of the last `--lead-window` reaches "
+                                        "`--lead-threshold`; null: never"),
+    )),
+    "welore": Table("one per matrix, checkpoint and τ (none with `--no-welore`)", (
+        *checkpoint_labels(),
+        Column("tau", "float64", "the threshold τ (`--welore-tau`)"),
+        Column("fraction_below", "float64", "share of min-max normalised σ, (σ − σmin)/(σmax − σmin), below τ"),
+        Column("lrc_share", "float64", "`--lrc-share`"),
+        Column("low_rank", "bool", "fraction_below ≥ lrc_share: a WeLore low-rank component"),
+    )),
+    "spectrum": Table("one per matrix and checkpoint (none with `--no-welore`)", (
+        *checkpoint_labels(),
+        Column("sigma", "list<float64>", "every singular value of W_t, descending"),
+    )),
+}
+
 
 SPEC = RunAnalysis(
     name=NAME, description=DESCRIPTION, params=Params, tables=TABLES, schema_version=SCHEMA_VERSION,
+    schemas=SCHEMAS, first={"pairs": ("previous", "from_first", "to_last")},  # the pairs the page draws first
     compute="subspace_atlas.analysis.overlap:compute", job_inputs=job_inputs,
     prepare="subspace_atlas.probes.gradients:attach_gradients", scan=SCAN_RUNS,
     page=Page("views/overlap.py", "Training dynamics", ":material/timeline:"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from subspace_atlas.checkpoints import select_matrices
-from subspace_atlas.specs import Page, PairedAnalysis
+from subspace_atlas.specs import Column, Page, PairedAnalysis, Table, checkpoint_labels, cross_labels
 
 NAME = "sparsity"
 TABLES = ("matrices", "overlap")
@@ -37,8 +37,49 @@ class Params:
 
 select = select_matrices
 
+_RANK = "--rank (the default)"
+SCHEMAS = {
+    "matrices": Table("one per matrix", (
+        *checkpoint_labels(base=True),
+        Column("rows", "int64", "m"),
+        Column("cols", "int64", "n"),
+        Column("dtype", "string", "the stored dtype base and fine-tune share"),
+        Column("numel", "int64", "entries, m·n"),
+        Column("unchanged_exact", "float64", "share of entries bit-for-bit equal in the stored dtype"),
+        Column("unchanged_atol", "float64", "share with |Δ| ≤ `--atol`, computed in float32"),
+        Column("unchanged_ulp", "float64", "share at most `--ulps` representable values apart in the stored dtype"),
+        Column("changed", "int64", "entries changed under `--mask`"),
+        Column("rows_touched", "float64", "share of rows holding a changed entry"),
+        Column("cols_touched", "float64", "share of columns holding a changed entry"),
+        Column("row_gini", "float64", "Gini coefficient of the changed entries per row (0: even); NaN: none changed"),
+        Column("col_gini", "float64", "the same per column"),
+        Column("norm_base", "float64", "‖W0‖_F"),
+        Column("norm_update", "float64", "‖ΔW‖_F, ΔW in float32"),
+        Column("rel_update", "float64", "‖ΔW‖_F / ‖W0‖_F"),
+        Column("update_rank", "int64", "numerical rank of ΔW (float32 σ above rank_tol); null if ΔW is not finite",
+               _RANK),
+        Column("rank_ratio", "float64", "update_rank / min(m, n)", _RANK),
+        Column("rank_tol", "float64", "the σ threshold used: rtol · σmax (rtol `--rank-rtol`, 0: max(m, n)·eps32)",
+               _RANK),
+    )),
+    "overlap": Table("one per matrix and two fine-tunes a, b of the base (a cross job)", (
+        *cross_labels(base=True),
+        Column("mask", "string", "which definition of changed the masks use (`--mask`)"),
+        Column("numel", "int64", "entries, m·n"),
+        Column("changed_a", "int64", "entries a changed"),
+        Column("changed_b", "int64", "entries b changed"),
+        Column("intersection", "int64", "entries both changed"),
+        Column("union", "int64", "entries either changed"),
+        Column("jaccard", "float64", "intersection / union"),
+        Column("overlap_coef", "float64", "intersection / min(changed_a, changed_b)"),
+        Column("jaccard_chance", "float64", "Jaccard of independent masks of densities p, q: pq / (p + q − pq)"),
+        Column("overlap_coef_chance", "float64", "overlap coefficient of such masks: max(p, q)"),
+    )),
+}
+
 
 SPEC = PairedAnalysis(
     name=NAME, description=DESCRIPTION, params=Params, tables=TABLES, schema_version=SCHEMA_VERSION,
+    schemas=SCHEMAS,
     compute="subspace_atlas.analysis.sparsity:compute", cross_tables=CROSS_TABLES, same_dtype=SAME_DTYPE,
     page=Page("views/sparsity.py", "Sparsity", ":material/grain:"), report="subspace_atlas.report:sparsity_sections")
