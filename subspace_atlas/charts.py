@@ -882,13 +882,19 @@ def metric_deltas(matrices: pd.DataFrame, metric: str, a: str, b: str) -> pd.Dat
 
 
 def delta_heatmap(deltas: pd.DataFrame, metric: str, a: str, b: str) -> go.Figure:
-    """Layer × kind: the mean change b − a of ``metric`` (``metric_deltas``) on a diverging scale centred on 0."""
+    """Layer × kind: the mean change b − a of ``metric`` (``metric_deltas``) on a diverging scale centred on 0.
+    When the largest |Δ| is over 3× the 90th percentile, the scale stops there (outliers saturate, their numbers
+    still printed), so one outlier (a power-law fit's xmin moving) does not wash out every other cell."""
     rows = deltas.dropna(subset=["layer", "delta"])
     if rows.empty:
         return _empty(f"no per-layer matrix of {b} pairs with one of {a} holding {metric}")
     grid = rows.pivot_table(index="kind", columns="layer", values="delta", aggfunc="mean")
-    reach = float(np.nanmax(np.abs(grid.to_numpy(dtype=float)))) or 1.0
-    return _layer_kind_grid(grid, f"Δ {label(metric)} = {b} − {a}, by layer and kind", f"Δ {label(metric)}",
+    size = np.abs(grid.to_numpy(dtype=float))
+    largest = float(np.nanmax(size))
+    typical = float(np.nanquantile(size, 0.9))
+    reach = typical if 0 < typical and largest > 3 * typical else largest or 1.0
+    clipped = f" (colour saturates at ±{reach:.2g}; largest |Δ| {largest:.2g})" if reach < largest else ""
+    return _layer_kind_grid(grid, f"Δ {label(metric)} = {b} − {a}, by layer and kind{clipped}", f"Δ {label(metric)}",
                             "RdBu_r", ".2g", zmin=-reach, zmax=reach)
 
 

@@ -48,9 +48,20 @@ def test_delta_heatmap_is_the_mean_change_per_cell_on_a_scale_centred_on_zero():
     expected = (wide["tuned"] - wide["base"]).unstack("layer")
     assert list(heat.y) == list(expected.index) and [int(x) for x in heat.x] == list(expected.columns)
     np.testing.assert_allclose(np.asarray(heat.z, dtype=float), expected.to_numpy())
-    reach = np.abs(expected.to_numpy()).max()
+    reach = np.abs(expected.to_numpy()).max()  # no outlier: the scale reaches the largest change
     assert fig.layout.coloraxis.cmin == pytest.approx(-reach) and fig.layout.coloraxis.cmax == pytest.approx(reach)
     assert "tuned − base" in fig.layout.title.text
+
+
+def test_one_outlier_saturates_instead_of_washing_out_the_delta_scale():
+    cells = [(layer, kind) for layer in range(12) for kind in ("q", "k", "v")]
+    delta = np.random.default_rng(3).normal(0, 0.01, len(cells))
+    delta[0] = -6.0  # one power-law fit's xmin moving, as in the demo's code-full
+    deltas = pd.DataFrame({"layer": [c[0] for c in cells], "kind": [c[1] for c in cells], "delta": delta})
+    fig = charts.delta_heatmap(deltas, "alpha", "base", "tuned")
+    assert fig.layout.coloraxis.cmax == pytest.approx(np.quantile(np.abs(delta), 0.9))
+    assert fig.layout.coloraxis.cmax < 0.1 and "saturates" in fig.layout.title.text
+    assert np.nanmin(np.asarray(fig.data[0].z, dtype=float)) == -6.0  # the outlier's number is still there
 
 
 def test_delta_heatmap_says_when_nothing_pairs():
