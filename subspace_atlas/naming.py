@@ -2,13 +2,13 @@
 to their index.
 
 Kinds: q k v qkv o q_a q_b kv_a kv_b up gate gate_up down fc_in fc_out router embed pos_embed unembed
-head other. ``qkv`` is a fused query-key-value matrix (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``,
+task_head other. ``qkv`` is a fused query-key-value matrix (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``,
 Phi-3 ``qkv_proj``); ``gate_up`` fused gate and up projections left whole (Phi-3 ``gate_up_proj``, or an
 expert's whose halves ``views`` cannot split); ``q_a`` ``q_b`` ``kv_a`` ``kv_b`` the low-rank query and
 key-value projections of multi-head latent attention (DeepSeek-V2/V3 ``q_a_proj``, ``q_b_proj``,
 ``kv_a_proj_with_mqa``, ``kv_b_proj``): none is one of q, k or v; ``router`` an MoE layer's
 expert-choosing matrix; ``embed`` an input embedding table (token, or BERT's token types); ``pos_embed``
-absolute or relative position embeddings (T5's per-block ``relative_attention_bias``); ``head`` a task
+absolute or relative position embeddings (T5's per-block ``relative_attention_bias``); ``task_head`` a task
 head's matrix (BERT pooler, masked-LM transform, classifier). Unknown names map to ``(None, "other")``
 rather than failing, so any checkpoint can be analysed. Tied weights are stored, and so named, once.
 A TransformerLens per-head matrix (``attn.W_Q[head 3]``, cut by ``views``) has its head's index; the heads
@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 
 KINDS = ("q", "k", "v", "qkv", "o", "q_a", "q_b", "kv_a", "kv_b", "up", "gate", "gate_up", "down", "fc_in",
-         "fc_out", "router", "embed", "pos_embed", "unembed", "head", "other")
+         "fc_out", "router", "embed", "pos_embed", "unembed", "task_head", "other")
 
 # The block index: Llama/Qwen/BERT/NeoX `layers.3` / `layer.3`, GPT-2 `h.3`, TransformerLens/T5 `blocks.3`/`block.3`.
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -41,8 +41,8 @@ _KIND_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"shared_experts?\.gate_proj\.", "gate"), (r"shared_experts?\.up_proj\.", "up"),
     (r"shared_experts?\.down_proj\.", "down"),
     # Task heads (before `lm_head`: RoBERTa's masked-LM transform is `lm_head.dense`)
-    (r"(?:^|\.)(?:pooler|predictions\.transform|lm_head)\.dense\.", "head"),
-    (r"(?:^|\.)(?:classifier|score|qa_outputs)\.", "head"),
+    (r"(?:^|\.)(?:pooler|predictions\.transform|lm_head)\.dense\.", "task_head"),
+    (r"(?:^|\.)(?:classifier|score|qa_outputs)\.", "task_head"),
     # Llama / Mistral / Qwen / Gemma / OLMo; Phi-3 fuses qkv and gate-up; DeepSeek's latent attention
     (r"self_attn\.q_proj\.", "q"), (r"self_attn\.k_proj\.", "k"), (r"self_attn\.v_proj\.", "v"),
     (r"self_attn\.o_proj\.", "o"),

@@ -24,7 +24,7 @@ from subspace_atlas.store import Store
 
 pytestmark = pytest.mark.integration
 EXPERTS = 4
-UNLAYERED = {"embed", "pos_embed", "unembed", "head"}  # kinds that belong to no block
+UNLAYERED = {"embed", "pos_embed", "unembed", "task_head"}  # kinds that belong to no block
 DECODER = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2)
 ENCODER = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
@@ -71,8 +71,8 @@ TIED = {"llama3", "gemma2", "gemma3", "gpt2", "bert", "roberta", "t5"}  # lm_hea
 MOES = {"qwen3_moe", "mixtral", "deepseek_v3", "gpt_oss"}
 # Kinds the family's names must give, beyond those every family has.
 NAMED = {"phi3": {"qkv", "gate_up"}, "gpt2": {"qkv", "fc_in", "fc_out", "pos_embed"},
-         "gpt_neox": {"qkv", "fc_in", "fc_out"}, "bert": {"q", "k", "v", "fc_in", "fc_out", "pos_embed", "head"},
-         "roberta": {"q", "k", "v", "fc_in", "fc_out", "pos_embed", "head"},
+         "gpt_neox": {"qkv", "fc_in", "fc_out"}, "bert": {"q", "k", "v", "fc_in", "fc_out", "pos_embed", "task_head"},
+         "roberta": {"q", "k", "v", "fc_in", "fc_out", "pos_embed", "task_head"},
          "t5": {"q", "k", "v", "gate", "up", "fc_out", "pos_embed"},
          "deepseek_v3": {"q_a", "q_b", "kv_a", "kv_b", "router", "gate", "up", "down"},
          "gpt_oss": {"q", "k", "v", "router", "gate", "up", "down"}}

@@ -52,11 +52,11 @@ CASES = {
     "bert.embeddings.word_embeddings.weight": (None, "embed"),
     "embeddings.position_embeddings.weight": (None, "pos_embed"),
     "bert.embeddings.token_type_embeddings.weight": (None, "embed"),
-    "bert.pooler.dense.weight": (None, "head"),
-    "cls.predictions.transform.dense.weight": (None, "head"),
-    "lm_head.dense.weight": (None, "head"),  # RoBERTa's masked-LM transform, not the unembedding
-    "classifier.out_proj.weight": (None, "head"),
-    "score.weight": (None, "head"),
+    "bert.pooler.dense.weight": (None, "task_head"),
+    "cls.predictions.transform.dense.weight": (None, "task_head"),
+    "lm_head.dense.weight": (None, "task_head"),  # RoBERTa's masked-LM transform, not the unembedding
+    "classifier.out_proj.weight": (None, "task_head"),
+    "score.weight": (None, "task_head"),
     # Phi-3 (fused 2-D qkv and gate-up)
     "model.layers.4.self_attn.qkv_proj.weight": (4, "qkv"),
     "model.layers.4.mlp.gate_up_proj.weight": (4, "gate_up"),
