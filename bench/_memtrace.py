@@ -71,10 +71,11 @@ def main() -> int:
     import safetensors
     import torch
 
-    from subspace_atlas import cli, jobs, linalg
+    from subspace_atlas import cli, linalg
     from subspace_atlas.analysis import spectra
     from subspace_atlas.checkpoints import Checkpoint
     import subspace_atlas.checkpoints as ckmod
+    from subspace_atlas.runners import checkpoint as checkpoint_runner
     from subspace_atlas.store import Store
     import_s = time.perf_counter() - t0
 
@@ -85,7 +86,7 @@ def main() -> int:
 
     Checkpoint.identity = _phase("plan: identity hash", Checkpoint.identity)
     Store.write = _phase("store.write (parquet)", Store.write)
-    jobs._label = _phase("label table", jobs._label)
+    checkpoint_runner.label = _phase("label table", checkpoint_runner.label)
     spectra.metrics = _phase("metrics (power law, MP, norms)", spectra.metrics)
     linalg._gram_singular_values = _phase("gram: accumulate (bf16→f64 blocks, matmul)", linalg._gram_singular_values)
     torch.linalg.eigvalsh = _phase("gram: eigvalsh", torch.linalg.eigvalsh)

@@ -77,13 +77,13 @@ def apply(fixes: set[str]) -> list[str]:
 
         from subspace_atlas import linalg
 
-        def gram_inplace(batch, device):
+        def gram_inplace(batch, device, dtype=torch.float64):  # linalg passes the Gram precision
             if batch.shape[-2] < batch.shape[-1]:
                 batch = batch.transpose(-2, -1)
             count, rows, cols = batch.shape
-            gram = torch.zeros(count, cols, cols, dtype=torch.float64, device=device)
+            gram = torch.zeros(count, cols, cols, dtype=dtype, device=device)
             step = max(1, linalg._BLOCK_BYTES // max(1, 8 * cols * count))
-            buf = torch.empty(count, min(step, rows), cols, dtype=torch.float64, device=device)
+            buf = torch.empty(count, min(step, rows), cols, dtype=dtype, device=device)
             for start in range(0, rows, step):
                 n = min(step, rows - start)
                 block = buf[:, :n]

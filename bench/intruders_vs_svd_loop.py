@@ -91,15 +91,16 @@ def plain_loop(paths: dict[str, Path], k: int = 10) -> dict[tuple[str, str], np.
 
 
 def ours(paths: dict[str, Path], store: Path, names: list[str]) -> dict[tuple[str, str], np.ndarray]:
-    from subspace_atlas import analysis, jobs, linalg, planning
+    from subspace_atlas import analysis, jobs, planning
     from subspace_atlas.checkpoints import open_checkpoints
+    from subspace_atlas.context import resolve
     from subspace_atlas.store import Store
 
-    module = analysis.SPECS["intruders"]
+    spec = analysis.SPECS["intruders"]
     base = open_checkpoints(paths["base"], name="base")[0]
     tuned = [c for n in names for c in open_checkpoints(paths[n], name=n)]
-    planned = planning.plan(module, tuned, module.Params(epsilon=(0.5,)), base=base)
-    jobs.run(planned, Store(store), linalg.resolve_device("cpu"), log=lambda s: None)
+    planned = planning.plan(spec, tuned, spec.params(epsilon=(0.5,)), base=base)
+    jobs.run(planned, Store(store), resolve("cpu"), log=lambda s: None)
     vectors = Store(store).table("intruders", "vectors")
     return {(c, t): f.sort_values("index")["max_cos"].to_numpy() for (c, t), f in vectors.groupby(["checkpoint", "tensor"])}
 

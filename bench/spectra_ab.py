@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 CHILD = r"""
-import statistics, sys, time
+import inspect, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 from subspace_atlas.analysis import spectra
@@ -31,12 +31,19 @@ shapes = ([(512, 384), (2, 384), (30522, 384)]
 mats = [(TensorInfo(f"m{i}", s, "float32"), torch.randn(s, generator=g) * torch.linspace(0.05, 1.0, s[1]) ** 2)
         for i, s in enumerate(shapes)]
 params = spectra.Params()
+# one ComputeContext (subspace_atlas.context), or device and batch bytes in older code; told by the signature,
+# as the editable install would import the new context.py for an old tree that lacks one
+if "context" in inspect.signature(spectra.compute).parameters:
+    from subspace_atlas.context import ComputeContext
+    where = (ComputeContext(str(dev), 0),)
+else:
+    where = (dev, 0)
 for _ in range(2):
-    spectra.compute(iter(mats), params, dev, 0)
+    spectra.compute(iter(mats), params, *where)
 times = []
 for _ in range(reps):
     t = time.perf_counter()
-    spectra.compute(iter(mats), params, dev, 0)
+    spectra.compute(iter(mats), params, *where)
     times.append(time.perf_counter() - t)
 print("@@", " ".join(f"{x:.5f}" for x in times))
 """

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -147,7 +148,7 @@ PHASES = (
     ("subspace_atlas.analysis.spectra:metrics", "other metrics (norms, entropy, dict)"),
     ("subspace_atlas.analysis.spectra:_decompose", "per-matrix rest (stack, σ → values DataFrame)"),
     ("subspace_atlas.analysis.spectra:compute", "compute, main thread (batching, waiting, concat)"),
-    ("subspace_atlas.jobs:_label", "label tables (jobs._label)"),
+    ("subspace_atlas.runners.checkpoint:label", "label tables (jobs._label)"),
     ("subspace_atlas.store:Store.write", "store.write (Parquet + manifest)"),
 )
 
@@ -256,8 +257,10 @@ def what_ifs(mats, params, reps: int) -> dict:
     res["_gflops_matmul_1thread"] = flops / t_mm / 1e9
     res["_gflops_dsyrk_1thread_equiv"] = flops / t_syrk / 1e9
 
-    cpu = torch.device("cpu")
-    res["compute as is"] = best(lambda: spectra.compute(iter(mats), params, cpu, 0))
+    from subspace_atlas.context import ComputeContext
+
+    cpu = ComputeContext("cpu", 0)
+    res["compute as is"] = best(lambda: spectra.compute(iter(mats), params, cpu))
     return res
 
 
@@ -329,18 +332,21 @@ def main() -> int:
     import torch
     import transformers
 
-    from subspace_atlas import checkpoints, jobs, linalg, planning
+    from subspace_atlas import checkpoints, context, jobs, planning
     from subspace_atlas.analysis import esd, spectra
-    from subspace_atlas.specs import spectra as spec
     from subspace_atlas.checkpoints import open_checkpoints
+    from subspace_atlas.runners import matrices_of
+    from subspace_atlas.specs.spectra import SPEC as spec
     from subspace_atlas.store import Store
 
-    params = spec.Params(method=args.method)
-    cpu = torch.device("cpu")
-    dev = linalg.resolve_device(args.device)
+    params = spec.params(method=args.method)
+    cpu = context.ComputeContext("cpu", 0)
+    ctx = context.resolve(args.device)  # jobs.run's context (its default batch bytes)
+    compute_ctx = dataclasses.replace(ctx, batch_bytes=0)  # spectra.compute's: no batching, as before
+    dev = ctx.torch_device()
     ck = open_checkpoints(path)[0]
     job = planning.plan(spec, [ck], params)[0]
-    infos = jobs.matrices_of(job)
+    infos = matrices_of(job)
     mats = [(i, ck.load(i.name).clone()) for i in infos]  # in memory, in the job's order
     print(f"ours: {len(mats)} matrices, {sum(t.numel() for _, t in mats) / 1e6:.1f} M parameters, "
           f"method={params.method}, device={dev}, threads={torch.get_num_threads()}")
@@ -355,16 +361,16 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="atlas-bench-store-")
 
     def ours_compute():
-        return spectra.compute(iter(mats), params, dev, 0)
+        return spectra.compute(iter(mats), params, compute_ctx)
 
     def ours_compute_cold_mp():
         esd.mp_median.cache_clear()
-        return spectra.compute(iter(mats), params, dev, 0)
+        return spectra.compute(iter(mats), params, compute_ctx)
 
     def ours_job():
         cks = checkpoints.open_checkpoints(path)  # through the module, so the profiler's wrap applies
         planned = planning.plan(spec, cks, params)
-        return jobs.run(planned, Store(tmp.name), dev, force=True, log=lambda s: None)
+        return jobs.run(planned, Store(tmp.name), ctx, force=True, log=lambda s: None)
 
     def ww():
         return ww_analyze(model)
@@ -433,7 +439,7 @@ def main() -> int:
 
         def compute_cold():
             mp_cached.cache_clear()
-            return spectra.compute(iter(mats), params, cpu, 0)
+            return spectra.compute(iter(mats), params, cpu)
         phases, wall, missing = profile_phases(compute_cold)
         print_phases("spectra.compute on the in-memory matrices (mp_median cache cleared first)", phases, wall)
         jphases, jwall, _ = profile_phases(ours_job)
