@@ -406,23 +406,30 @@ def mitigation_curve(matrix: pd.Series, vectors: pd.DataFrame, lam: float) -> go
     every λ in [0, 1]: away from W, back toward W0; the chosen ``lam`` dotted.
 
     ‖W' − W‖ = (1 − λ)·√E with the intruders' energy E = Σ s_i².
-    ‖W' − W0‖² = ‖ΔW‖² − 2(1 − λ)·P + (1 − λ)²·E needs P = Σ s_i·u_iᵀΔW v_i, which ``matrix`` holds for the
-    intruders of the job's first ε only: drawn when ``vectors`` marks those same intruders (the same energy).
+    ‖W' − W0‖² = ‖ΔW‖² − 2(1 − λ)·P + (1 − λ)²·E needs P = Σ s_i·u_iᵀΔW v_i: from the vectors' ``update_along``
+    where stored (any ε), else ``matrix``'s, which holds the intruders of the job's first ε only.
     """
-    energy = float(np.sum(vectors.loc[vectors["is_intruder"], "sigma"].to_numpy(dtype=float) ** 2))
+    intruders = vectors[vectors["is_intruder"]]
+    energy = float(np.sum(intruders["sigma"].to_numpy(dtype=float) ** 2))
     if not energy > 0:
         return _empty("no intruders at this ε: mitigation leaves the matrix unchanged")
     grid = np.linspace(0, 1, 51)
     traces = [go.Scatter(x=grid, y=(1 - grid) * np.sqrt(energy) / matrix["norm_tuned"],
                          name="‖W′ − W‖ / ‖W‖ (how far the matrix moves)")]
-    stored = bool(np.isclose(energy, matrix["intruder_energy"], rtol=1e-4))
-    if stored:
-        proj, update = matrix["intruder_update_proj"], matrix["norm_update"]
+    if "update_along" in intruders and intruders["update_along"].notna().all():
+        proj = float(np.sum(intruders["sigma"].to_numpy(dtype=float) * intruders["update_along"].to_numpy(dtype=float)))
+    elif np.isclose(energy, matrix["intruder_energy"], rtol=1e-4):
+        proj = float(matrix["intruder_update_proj"])
+    else:
+        proj = None
+    if proj is not None:
+        update = matrix["norm_update"]
         moved = np.sqrt(np.maximum(update**2 - 2 * (1 - grid) * proj + (1 - grid) ** 2 * energy, 0))
         traces.append(go.Scatter(x=grid, y=moved / update, name="‖W′ − W0‖ / ‖W − W0‖ (update left)"))
     fig = go.Figure(traces)
     fig.add_vline(x=lam, line={"dash": "dot", "color": "gray"}, annotation_text=f"λ = {lam:g}")
-    note = "" if stored else "<br><sup>the update left, ‖W′ − W0‖, is stored for the job's first ε only</sup>"
+    note = "" if proj is not None else ("<br><sup>the update left, ‖W′ − W0‖, is stored for the job's first ε only "
+                                        "(rerun the job to store it per vector)</sup>")
     fig.update_layout(title=f"mitigation W′ = W + (λ − 1)·Σ<sub>intruders</sub> s u vᵀ{note}",
                       xaxis_title="λ", yaxis_title="relative Frobenius distance")
     return fig

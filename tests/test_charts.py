@@ -120,6 +120,18 @@ def test_mitigation_curve_follows_the_chosen_epsilon_not_the_stored_one():
     assert "first ε only" in fig.layout.title.text
 
 
+def test_mitigation_curve_draws_the_update_left_at_any_epsilon_from_the_vectors():
+    row = pd.Series({"intruder_energy": 0.0, "intruder_update_proj": 0.0, "norm_tuned": 10.0, "norm_update": 5.0,
+                     "mitigation_lambda": 0.75})  # the job's first ε marked nothing
+    chosen = pd.DataFrame({"index": [0, 1, 2], "sigma": [3.0, 2.0, 1.0], "is_intruder": [True, True, False],
+                           "update_along": [1.0, 0.5, 9.0]})
+    fig = charts.mitigation_curve(row, chosen, 0.75)
+    shift, left = (np.asarray(t.y) for t in fig.data)
+    proj, energy = 3.0 * 1.0 + 2.0 * 0.5, 13.0  # P = Σ s·u ᵀΔW v and E = Σ s² over the two marked here
+    assert left[0] == pytest.approx(np.sqrt(25 - 2 * proj + energy) / 5) and left[-1] == pytest.approx(1.0)
+    assert "first ε only" not in fig.layout.title.text
+
+
 def test_intruder_figures_draw_what_they_are_given():
     values, vectors = _one_matrix()
     names = [t.name for t in charts.spectrum_with_intruders(values, vectors, 0.75).data]

@@ -74,6 +74,21 @@ def test_mitigation_quantities_match_the_matrix_built_by_hand():
     assert row["rel_update"] == pytest.approx(np.linalg.norm(delta) / np.linalg.norm(w0.numpy()))
 
 
+def test_update_along_each_vector_gives_the_update_left_at_any_epsilon():
+    """u_jᵀΔW v_j per tested vector: with it the mitigation's ‖W′ − W0‖ follows at an ε the job did not mark."""
+    w0, w, _ = toy.planted_intruders()
+    vectors = run_one(w0, w, Params(svd_dtype="float64"))["vectors"].set_index("index")
+    u, s, vh, max_cos, _ = numpy_reference(w0.numpy(), w.numpy())
+    delta = w.numpy() - w0.numpy()
+    along = np.einsum("ij,ij->j", u[:, :10], delta @ vh[:10].T)
+    np.testing.assert_allclose(vectors["update_along"].to_numpy(), along, rtol=1e-9, atol=1e-12)
+    idx = np.where(max_cos < 0.9)[0]  # another ε than the job's first (0.5)
+    w_mit = w.numpy() + (0.6 - 1) * (u[:, idx] * s[idx]) @ vh[idx]
+    proj, energy = float(np.sum(s[idx] * along[idx])), float(np.sum(s[idx] ** 2))
+    moved = np.sqrt(np.linalg.norm(delta) ** 2 - 2 * 0.4 * proj + 0.4**2 * energy)
+    assert moved == pytest.approx(np.linalg.norm(w_mit - w0.numpy()), rel=1e-9)
+
+
 def test_factored_lora_path_matches_numpy_on_the_merged_matrix(monkeypatch):
     monkeypatch.setattr(intruders, "FACTORED_MIN_DIM", 0)
     gen = np.random.default_rng(3)

@@ -35,11 +35,12 @@ def old_read(root: Path, analysis: str, table: str) -> pd.DataFrame:
 def assert_same(got: pd.DataFrame, want: pd.DataFrame) -> None:
     """Equal frames, where missing text may be None in one and NaN in the other (a column null in every row
     of one part reads as None on its own, as NaN once the parts' schemas are unified)."""
-    # A column some jobs lack (expert, tied) may sit elsewhere, or come only from a part with no rows, which
-    # the old read dropped: there it is null in every row.
-    extra = set(got.columns) - set(want.columns)
-    assert set(want.columns) <= set(got.columns) and all(got[c].isna().all() for c in extra), extra
-    got = got.drop(columns=sorted(extra)).reset_index(drop=True)
+    # A column some jobs lack (expert, tied) may sit elsewhere, and is null in every row on the side that has it
+    # without the other: the old read dropped parts with no rows; a filtered read opens only the matching jobs.
+    for frame, other in ((got, want), (want, got)):
+        extra = set(frame.columns) - set(other.columns)
+        assert all(frame[c].isna().all() for c in extra), extra
+    got = got.drop(columns=sorted(set(got.columns) - set(want.columns))).reset_index(drop=True)
     want = want[list(got.columns)].reset_index(drop=True)
     for column in got.columns:
         if got[column].dtype != want[column].dtype:

@@ -173,7 +173,7 @@ def _tables(item: PairedMatrix, results: list[tuple[int, dict]], s0: np.ndarray,
             out["vectors"].append(pd.DataFrame({
                 "job": job, "tensor": name, "side": side, "index": np.arange(k), "sigma": sigma[:k],
                 "max_cos": max_cos, "best_match_index": best, "best_match_sigma": s0[best],
-                "is_intruder": intruder}))
+                "is_intruder": intruder, "update_along": r["along"][:k]}))
             out["summary"].append(pd.DataFrame({
                 "job": job, "tensor": name, "side": side, "epsilon": list(params.epsilon),
                 "top_k": params.top_k, "n_intruders": [int((max_cos < e).sum()) for e in params.epsilon]}))

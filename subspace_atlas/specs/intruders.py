@@ -54,6 +54,8 @@ SCHEMAS = {
         Column("best_match_index", "int64", "the rank in W0 of that best match"),
         Column("best_match_sigma", "float64", "its singular value in W0"),
         Column("is_intruder", "bool", "max_cos below the first `--epsilon`"),
+        Column("update_along", "float64", "u_jᵀ ΔW v_j: how much of the update lies along W's j-th singular pair "
+               "(the mitigation's update left, at any ε)", when="in jobs stored since it was added; older ones lack it"),
     )),
     "summary": Table("one per matrix, side and ε", (
         *checkpoint_labels(base=True), _SIDE,
