@@ -92,8 +92,14 @@ def select_matrices(infos: Iterable[TensorInfo]) -> tuple[list[TensorInfo], list
     """
     taken, skipped = [], []
     for info in expanded(infos):
-        (taken if info.is_matrix and info.is_float and min(info.shape) > 0 else skipped).append(info)
+        matrix = info.is_matrix and info.is_float and min(info.shape) > 0 and not _PER_HEAD_BIAS.search(info.name)
+        (taken if matrix else skipped).append(info)
     return taken, skipped
+
+
+# TransformerLens per-head biases ``attn.b_Q`` / ``b_K`` / ``b_V`` ``[n_heads, d_head]``: 2-D, but a bias per head,
+# not a map between spaces (``b_O`` and the MLP's biases are 1-D and skipped anyway).
+_PER_HEAD_BIAS = re.compile(r"(?:^|\.)attn\._?b_[QKV]$")
 
 
 FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2"}

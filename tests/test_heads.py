@@ -59,9 +59,10 @@ def test_a_head_is_named_apart_from_an_expert(name):
 @pytest.mark.unit
 def test_select_cuts_each_head_and_the_heads_joined():
     infos = [TensorInfo("blocks.0.attn.W_Q", (HEADS, HIDDEN, D_HEAD), "float32"),
-             TensorInfo("blocks.0.attn.W_O", (HEADS, D_HEAD, HIDDEN), "bfloat16")]
+             TensorInfo("blocks.0.attn.W_O", (HEADS, D_HEAD, HIDDEN), "bfloat16"),
+             TensorInfo("blocks.0.attn.b_Q", (HEADS, D_HEAD), "float32")]  # a bias per head: not a matrix
     taken, skipped = select_matrices(infos)
-    assert not skipped
+    assert [i.name for i in skipped] == ["blocks.0.attn.b_Q"]
     assert [(i.name, i.shape) for i in taken] == [
         ("blocks.0.attn.W_Q[heads]", (HIDDEN, HEADS * D_HEAD)),
         *[(f"blocks.0.attn.W_Q[head {h}]", (HIDDEN, D_HEAD)) for h in range(HEADS)],
