@@ -98,10 +98,6 @@ def _reader(root: str, analysis: str, version: str) -> tuple[Store, list[Manifes
     return store, catalog
 
 
-def _named(store: Store) -> list[str]:
-    return [f"{store.relative(path)}: {why}" for path, why in sorted(store.unreadable.items())]
-
-
 @st.cache_resource(show_spinner=False, max_entries=256)
 def _read(root: str, analysis: str, table: str, version: str, where: tuple, columns: tuple | None,
           any_of: tuple[str, ...]) -> tuple[pd.DataFrame | None, list[str]]:
@@ -109,7 +105,8 @@ def _read(root: str, analysis: str, table: str, version: str, where: tuple, colu
     either = functools.reduce(operator.or_, (ds.field(flag) == True for flag in any_of)) if any_of else None  # noqa: E712
     found = query.scan(store, analysis, table, where=dict(where), columns=list(columns) if columns else None,
                        predicate=either, catalog=catalog)
-    return None if found is None else found.to_pandas(), _named(store)
+    return (None if found is None else found.to_pandas(),
+            [f"{store.relative(path)}: {why}" for path, why in sorted(store.unreadable.items())])
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)

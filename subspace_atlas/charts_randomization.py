@@ -87,13 +87,18 @@ def esd_vs_shuffled(values: pd.DataFrame, row: pd.Series, traps: pd.DataFrame | 
     return fig
 
 
+REPORT_CHECKPOINTS = 6  # sections in the HTML report: one per checkpoint, in step order
+
+
 def report_sections(store: Store) -> list[Section]:
     """The report's section: per checkpoint, rand_distance and traps by layer, and the traps per layer × kind."""
     matrices = store.table_if_stored("randomization", "matrices")
     if matrices is None:
         return []
-    sections = []
-    for checkpoint in charts.in_step_order(matrices)[:6]:
+    sections, order = [], charts.in_step_order(matrices)
+    shown = "" if len(order) <= REPORT_CHECKPOINTS else (f" The report shows the first {REPORT_CHECKPOINTS} of "
+                                                         f"{len(order)} checkpoints in step order; the app, every one.")
+    for checkpoint in order[:REPORT_CHECKPOINTS]:
         one = matrices[matrices["checkpoint"] == checkpoint]
         table = (one.groupby("kind")[["rand_distance", "num_traps", "num_above_rand"]]
                  .agg({"rand_distance": "mean", "num_traps": "sum", "num_above_rand": "sum"}).reset_index())
@@ -101,5 +106,5 @@ def report_sections(store: Store) -> list[Section]:
                                 [distance_and_traps(one), charts.layer_kind_heatmap(one, "num_traps")],
                                 "Each matrix against its entries shuffled (WeightWatcher's randomize=True): a high "
                                 "rand_distance is structure shuffling destroys; traps are outsized entries it keeps. "
-                                "Table: per kind.", table))
+                                f"Table: per kind.{shown}", table))
     return sections

@@ -396,11 +396,12 @@ def parquet_options(schema: pa.Schema) -> dict:
 
 def _stored_order(frame: pd.DataFrame, first: tuple[str, ...]) -> pd.DataFrame:
     """``frame`` with its rows true in ``first``'s columns ahead (in that order), then one matrix's rows together."""
-    keys = [c for c in first if c in frame] + (["tensor"] if "tensor" in frame else [])
-    if not keys or len(frame) < 2:
+    flags = [c for c in first if c in frame]
+    tensor = ["tensor"] if "tensor" in frame else []
+    if not flags + tensor or len(frame) < 2:
         return frame
-    ascending = [False] * (len(keys) - ("tensor" in frame)) + [True] * ("tensor" in frame)
-    return frame.sort_values(keys, ascending=ascending, kind="stable", ignore_index=True)
+    return frame.sort_values(flags + tensor, ascending=[False] * len(flags) + [True] * len(tensor), kind="stable",
+                             ignore_index=True)
 
 
 def constant_columns(frame: pd.DataFrame) -> dict[str, object]:
